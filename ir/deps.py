@@ -1,0 +1,167 @@
+"""Dependency and memory rules of DESIGN.md, shared by verify, simulate and lower.
+
+`ProgramIndex` says where every action of a schedule sits and which variant each
+unit uses (split or fused backward, recompute, offload). `dependencies` lists the
+actions an action must follow, each with the rule that asks for it and, for a
+cross-rank edge, the unit whose comm latency it pays. `memory_effects` gives the
+byte deltas an action causes on its rank, per the memory table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ir.actions import Action, Op
+from ir.costs import Costs
+from ir.schedule import Schedule
+
+__all__ = ["Edge", "ProgramIndex", "dependencies", "memory_effects", "messages"]
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """``pred`` must end before the dependent action starts (plus latency, if any).
+
+    Attributes:
+        pred: the action depended on.
+        rule: the rule name used in error messages.
+        latency_of: ``(stage, slice)`` whose ``UnitCost.comm`` is added, or None.
+    """
+
+    pred: Action
+    rule: str
+    latency_of: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One boundary tensor crossing ranks: produced by ``producer``, consumed by ``consumer``."""
+
+    producer: Action
+    consumer: Action
+    send: Action
+    recv: Action
+
+
+class ProgramIndex:
+    """Positions of a schedule's actions and the variant each unit uses."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.placement = schedule.placement
+        self.num_stages = schedule.num_stages
+        self.lowered = schedule.is_lowered
+        self.where: dict[Action, tuple[int, int]] = {}
+        self.duplicates: list[tuple[int, int, Action]] = []
+        for rank, pos, action in schedule.actions():
+            if action in self.where:
+                self.duplicates.append((rank, pos, action))
+            else:
+                self.where[action] = (rank, pos)
+
+    def has(self, action: Action) -> bool:
+        return action in self.where
+
+    def rank_of(self, action: Action) -> int:
+        """The rank that must run ``action``: the one its stage is placed on."""
+        return self.placement.rank_of(action.stage)
+
+    def backward_input(self, stage: int, microbatch: int, slice_: int) -> Action:
+        """The op producing the unit's input gradient: B if the schedule splits it, else BW."""
+        split = Action(Op.B, stage, microbatch, slice_)
+        fused = Action(Op.BW, stage, microbatch, slice_)
+        return fused if fused in self.where and split not in self.where else split
+
+    def recomputed(self, action: Action) -> bool:
+        return action.with_op(Op.R) in self.where
+
+    def crosses(self, stage_a: int, stage_b: int) -> bool:
+        return self.placement.rank_of(stage_a) != self.placement.rank_of(stage_b)
+
+
+def dependencies(action: Action, ix: ProgramIndex) -> list[Edge]:
+    """The edges into ``action`` (DESIGN.md, "Dependencies")."""
+    s, i, j = action.unit
+    op = action.op
+    if op is Op.F:
+        edges = []
+        if s > 0:
+            edges += _boundary(ix, Action(Op.F, s - 1, i, j), action, "forward-chain", Op.SEND_F, Op.RECV_F, (s - 1, j))
+        if j > 0:
+            edges.append(Edge(Action(Op.F, s, i, j - 1), "slice-order"))
+        return edges
+    if op.is_backward_input:
+        edges = [Edge(action.with_op(Op.F), "backward-after-forward")]
+        if ix.has(action.with_op(Op.R)):
+            edges.append(Edge(action.with_op(Op.R), "recompute"))
+        if ix.has(action.with_op(Op.RELOAD)):
+            edges.append(Edge(action.with_op(Op.RELOAD), "offload"))
+        if s < ix.num_stages - 1:
+            producer = ix.backward_input(s + 1, i, j)
+            edges += _boundary(ix, producer, action, "backward-chain", Op.SEND_B, Op.RECV_B, (s, j))
+        if j < ix.schedule.k - 1:
+            edges.append(Edge(ix.backward_input(s, i, j + 1), "slice-order"))
+        return edges
+    if op is Op.W:
+        return [Edge(action.with_op(Op.B), "split-backward")]
+    if op is Op.R or op is Op.OFFLOAD:
+        return [Edge(action.with_op(Op.F), "recompute" if op is Op.R else "offload")]
+    if op is Op.RELOAD:
+        return [Edge(action.with_op(Op.OFFLOAD), "offload")]
+    if op is Op.SEND_F:
+        return [Edge(action.with_op(Op.F), "comm")]
+    if op is Op.SEND_B:
+        return [Edge(ix.backward_input(s, i, j), "comm")]
+    return []  # RECV_*: a post, ordered only by its program position
+
+
+def _boundary(
+    ix: ProgramIndex, producer: Action, consumer: Action, rule: str, send_op: Op, recv_op: Op, latency_of: tuple[int, int]
+) -> list[Edge]:
+    """Edges for a boundary tensor; across ranks it pays latency and, once lowered, goes through SEND/RECV."""
+    if not ix.crosses(producer.stage, consumer.stage):
+        return [Edge(producer, rule)]
+    if not ix.lowered:
+        return [Edge(producer, rule, latency_of)]
+    send = producer.with_op(send_op)
+    recv = consumer.with_op(recv_op)
+    return [Edge(recv, "comm"), Edge(send, rule, latency_of)]
+
+
+def messages(ix: ProgramIndex) -> list[Message]:
+    """Every boundary tensor that crosses ranks, in a fixed order (stage, microbatch, slice)."""
+    out = []
+    last = ix.num_stages - 1
+    for s, i, j in ix.schedule.units():
+        if s < last and ix.crosses(s, s + 1):
+            f = Action(Op.F, s, i, j)
+            out.append(Message(f, Action(Op.F, s + 1, i, j), f.with_op(Op.SEND_F), Action(Op.RECV_F, s + 1, i, j)))
+        if s > 0 and ix.crosses(s, s - 1):
+            b = ix.backward_input(s, i, j)
+            out.append(
+                Message(b, ix.backward_input(s - 1, i, j), b.with_op(Op.SEND_B), Action(Op.RECV_B, s - 1, i, j))
+            )
+    return out
+
+
+def memory_effects(action: Action, ix: ProgramIndex, costs: Costs) -> list[tuple[bool, float]]:
+    """Byte deltas on the action's rank as ``(at_end, delta)`` pairs (DESIGN.md memory table)."""
+    u = costs.unit(action.stage, action.slice)
+    op = action.op
+    recomputed = ix.recomputed(action)
+    if op is Op.F:
+        return [(False, u.inp if recomputed else u.act)]
+    if op is Op.R:
+        return [(False, u.act)]
+    extra = u.inp if recomputed else 0.0  # a recomputed unit's kept input is freed with its B
+    if op is Op.B:
+        return [(True, -(u.act - u.wact) - extra)]
+    if op is Op.BW:
+        return [(True, -u.act - extra)]
+    if op is Op.W:
+        return [(True, -u.wact)]
+    if op is Op.OFFLOAD:
+        return [(True, -u.act)]
+    if op is Op.RELOAD:
+        return [(False, u.act)]
+    return []

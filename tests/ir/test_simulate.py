@@ -1,0 +1,106 @@
+"""`simulate` against timelines computed by hand (times in the comments are derived
+step by step from the semantics in ir/simulate.py's docstring)."""
+
+import pytest
+
+from ir import Costs, Placement, Schedule, ScheduleError, lower, simulate
+from ir.examples import one_f_one_b
+
+
+def _spans(timeline):
+    return {str(s.action): (s.start, s.end) for s in timeline.spans}
+
+
+def test_two_ranks_1f1b_with_comm_latency():
+    # p=2, m=2, F=1, B=W=1 (BW=2), comm 0.5, act=1.
+    # 0F0 [0,1]  0F1 [1,2]  1F0 [1.5,2.5] (0F0 end + 0.5)  1BW0 [2.5,4.5]
+    # 1F1: ready 2+0.5=2.5 but rank 1 busy until 4.5 -> [4.5,5.5]; 1BW1 [5.5,7.5]
+    # 0BW0: ready 4.5+0.5=5 -> [5,7]; 0BW1: ready 7.5+0.5=8 -> [8,10]
+    schedule = one_f_one_b(2, 2)
+    timeline = simulate(schedule, Costs.uniform(2, comm=0.5))
+    assert _spans(timeline) == {
+        "0F0": (0, 1), "0F1": (1, 2), "0BW0": (5, 7), "0BW1": (8, 10),
+        "1F0": (1.5, 2.5), "1BW0": (2.5, 4.5), "1F1": (4.5, 5.5), "1BW1": (5.5, 7.5),
+    }
+    assert timeline.makespan == 10
+    assert timeline.busy == (6, 6)
+    assert timeline.bubble == (0.4, 0.4)
+    # rank 0 holds two activations from t=1 until 0BW0 ends at 7; frees come before allocations at 4.5 on rank 1
+    assert timeline.memory[0] == ((0, 0), (0, 1), (1, 2), (7, 1), (10, 0))
+    assert timeline.memory[1] == ((0, 0), (1.5, 1), (4.5, 0), (4.5, 1), (7.5, 0))
+    assert timeline.peak == (2, 1)
+    assert str(timeline.peak_action[0]) == "0F1"
+
+
+THREE_RANKS = [
+    ["0F0", "0OFFLOAD0", "0F1", "0RELOAD0", "0B0", "0W0", "0B1", "0W1"],
+    ["1F0", "1F1", "1B0", "1W0", "1B1", "1W1"],
+    ["2F0", "2B0", "2F1", "2B1", "2W0", "2W1"],
+]
+
+
+def test_three_ranks_copy_stream_overlaps_compute():
+    # F=B=W=1, comm 0.5, act=4, wact=1, copy bandwidth 2 bytes/time -> OFFLOAD/RELOAD take 2.
+    # rank 0: 0F0 [0,1]; 0OFFLOAD0 on the copy stream [1,3]; 0F1 overlaps it [1,2];
+    #         0RELOAD0 after the offload [3,5]; 0B0 waits for 1B0 (end 6.5) + 0.5 -> [7,8]; 0W0 [8,9];
+    #         0B1 waits for 1B1 (end 8.5) + 0.5 -> [9,10]; 0W1 [10,11]
+    # rank 1: 1F0 [1.5,2.5]; 1F1 [2.5,3.5]; 1B0 after 2B0 (5) + 0.5 -> [5.5,6.5]; 1W0 [6.5,7.5];
+    #         1B1 after 2B1 (7) + 0.5 -> [7.5,8.5]; 1W1 [8.5,9.5]
+    # rank 2: 2F0 [3,4]; 2B0 [4,5]; 2F1 [5,6]; 2B1 [6,7]; 2W0 [7,8]; 2W1 [8,9]
+    costs = Costs.uniform(3, act=4, wact=1, comm=0.5, copy_bandwidth=2)
+    timeline = simulate(Schedule(Placement.standard(3), 2, THREE_RANKS), costs)
+    assert _spans(timeline) == {
+        "0F0": (0, 1), "0OFFLOAD0": (1, 3), "0F1": (1, 2), "0RELOAD0": (3, 5),
+        "0B0": (7, 8), "0W0": (8, 9), "0B1": (9, 10), "0W1": (10, 11),
+        "1F0": (1.5, 2.5), "1F1": (2.5, 3.5), "1B0": (5.5, 6.5), "1W0": (6.5, 7.5), "1B1": (7.5, 8.5), "1W1": (8.5, 9.5),
+        "2F0": (3, 4), "2B0": (4, 5), "2F1": (5, 6), "2B1": (6, 7), "2W0": (7, 8), "2W1": (8, 9),
+    }
+    assert timeline.makespan == 11
+    assert timeline.busy == (6, 6, 6)
+    assert timeline.copy_busy == (4, 0, 0)
+    # offload frees 4 at t=3, the reload re-adds 4 at t=3 (free first); B frees act-wact=3, W frees wact=1
+    assert timeline.memory[0] == ((0, 0), (0, 4), (1, 8), (3, 4), (3, 8), (8, 5), (9, 4), (10, 1), (11, 0))
+    assert timeline.peak[0] == 8
+
+
+def test_recompute_memory_and_time():
+    # p=1, m=2: F keeps only inp=1 of act=5; R (time 1) re-adds act just before BW; BW frees act+inp.
+    # 0F0 [0,1] 0F1 [1,2] 0R0 [2,3] 0BW0 [3,5] 0R1 [5,6] 0BW1 [6,8]
+    schedule = Schedule(Placement.standard(1), 2, [["0F0", "0F1", "0R0", "0BW0", "0R1", "0BW1"]])
+    timeline = simulate(schedule, Costs.uniform(1, act=5, inp=1, static=(100,)))
+    assert _spans(timeline)["0BW1"] == (6, 8)
+    assert timeline.memory[0] == ((0, 100), (0, 101), (1, 102), (2, 107), (5, 101), (5, 106), (8, 100))
+    assert timeline.peak == (107,)
+
+
+def test_slices_follow_causal_order():
+    # p=1, k=2, m=1, F=1 B=2 W=1 per slice: forward slices in order, backward slices in reverse.
+    schedule = Schedule(Placement.standard(1), 1, [["0F0", "0F0.1", "0B0.1", "0B0", "0W0.1", "0W0"]], k=2)
+    timeline = simulate(schedule, Costs.uniform(1, 2, f=1, b=2, w=1))
+    assert _spans(timeline) == {"0F0": (0, 1), "0F0.1": (1, 2), "0B0.1": (2, 4), "0B0": (4, 6),
+                                "0W0.1": (6, 7), "0W0": (7, 8)}
+
+
+def test_lowered_schedule_simulates_like_compute_only():
+    costs = Costs.uniform(2, comm=0.5)
+    schedule = one_f_one_b(2, 2)
+    plain, lowered = simulate(schedule, costs), simulate(lower(schedule, costs), costs)
+    assert _spans(lowered) | _spans(plain) == _spans(lowered)  # compute spans identical
+    assert lowered.makespan == plain.makespan == 10
+
+
+def test_1f1b_closed_form_bubble():
+    # 1F1B with F=1, BW=2: makespan (m+p-1)*3, bubble (p-1)/(m+p-1) (Narayanan et al. 2021, sec. 2.2)
+    for p, m in [(2, 4), (4, 8), (8, 16)]:
+        timeline = simulate(one_f_one_b(p, m), Costs.uniform(p, f=1, b=1, w=1))
+        assert timeline.makespan == 3 * (m + p - 1)
+        assert timeline.bubble_ratio == pytest.approx((p - 1) / (m + p - 1))
+        assert timeline.peak == tuple(float(p - r) for r in range(p))  # p - r activations on rank r
+
+
+def test_simulate_refuses_invalid_schedule_and_mismatched_costs():
+    with pytest.raises(ScheduleError, match="deadlock"):
+        simulate(Schedule(Placement.standard(2), 2, [["0F0", "0BW0", "0F1", "0BW1"],
+                                                     ["1F1", "1F0", "1BW0", "1BW1"]]), Costs.uniform(2))
+    with pytest.raises(ValueError, match="costs cover 3 stages but the schedule has 2"):
+        simulate(one_f_one_b(2, 1), Costs.uniform(3))
