@@ -62,7 +62,9 @@ _COMM_OPS = frozenset({Op.SEND_F, Op.RECV_F, Op.SEND_B, Op.RECV_B})
 
 # Longest names first so that "BW" is not read as "B", nor "RECV_F" as "R".
 _OP_ALTERNATION = "|".join(sorted((re.escape(o.value) for o in Op), key=len, reverse=True))
-_ACTION_RE = re.compile(rf"(\d+)({_OP_ALTERNATION})(\d+)(?:\.(\d+))?")
+# Canonical numbers only (no leading zeros), so that text -> Action -> text is exact.
+_NUM = r"(0|[1-9]\d*)"
+_ACTION_RE = re.compile(rf"{_NUM}({_OP_ALTERNATION}){_NUM}(?:\.{_NUM})?")
 
 
 @dataclass(frozen=True, slots=True, order=True)

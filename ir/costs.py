@@ -53,7 +53,7 @@ class UnitCost:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if not _is_amount(value):
                 raise ValueError(f"UnitCost.{name} must be a finite number >= 0, got {value!r}")
         if self.wact > self.act:
             raise ValueError(f"UnitCost.wact ({self.wact}) cannot exceed act ({self.act})")
@@ -82,7 +82,7 @@ class Costs:
             raise ValueError("Costs.units must be a non-empty [stage][slice] table with the same k in every row")
         if any(not isinstance(u, UnitCost) for row in units for u in row):
             raise TypeError("Costs.units entries must be ir.UnitCost")
-        if any(not isinstance(x, int | float) or x < 0 for x in self.static):
+        if any(not _is_amount(x) for x in self.static):
             raise ValueError(f"Costs.static must hold bytes >= 0 per rank, got {self.static}")
         if not self.copy_bandwidth > 0:
             raise ValueError(f"Costs.copy_bandwidth must be > 0, got {self.copy_bandwidth}")
@@ -140,3 +140,8 @@ class Costs:
         """The same `UnitCost` for every stage and slice (unit-cost analyses)."""
         unit = UnitCost(f=f, b=b, w=w, bw=bw, r=r, act=act, wact=wact, inp=inp, comm=comm)
         return cls(tuple((unit,) * k for _ in range(num_stages)), static, copy_bandwidth)
+
+
+def _is_amount(value: object) -> bool:
+    """A finite, non-negative int or float (bools are not amounts)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value >= 0

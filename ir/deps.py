@@ -35,10 +35,11 @@ class Edge:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One boundary tensor crossing ranks: produced by ``producer``, consumed by ``consumer``."""
+    """One boundary tensor crossing ranks: made by ``producer``, read by ``consumers`` (a gradient
+    is read by the unit's R, if it has one, and its B or BW)."""
 
     producer: Action
-    consumer: Action
+    consumers: tuple[Action, ...]
     send: Action
     recv: Action
 
@@ -86,7 +87,8 @@ def dependencies(action: Action, ix: ProgramIndex) -> list[Edge]:
     if op is Op.F:
         edges = []
         if s > 0:
-            edges += _boundary(ix, Action(Op.F, s - 1, i, j), action, "forward-chain", Op.SEND_F, Op.RECV_F, (s - 1, j))
+            producer = Action(Op.F, s - 1, i, j)
+            edges += _boundary(ix, producer, action, "forward-chain", Op.SEND_F, Op.RECV_F, (s - 1, j))
         if j > 0:
             edges.append(Edge(Action(Op.F, s, i, j - 1), "slice-order"))
         return edges
@@ -104,8 +106,16 @@ def dependencies(action: Action, ix: ProgramIndex) -> list[Edge]:
         return edges
     if op is Op.W:
         return [Edge(action.with_op(Op.B), "split-backward")]
-    if op is Op.R or op is Op.OFFLOAD:
-        return [Edge(action.with_op(Op.F), "recompute" if op is Op.R else "offload")]
+    if op is Op.R:
+        # "just before B": recompute once the unit's gradient is there, so the
+        # re-made activations are not held while it is still on its way.
+        edges = [Edge(action.with_op(Op.F), "recompute")]
+        if s < ix.num_stages - 1:
+            producer = ix.backward_input(s + 1, i, j)
+            edges += _boundary(ix, producer, action, "backward-chain", Op.SEND_B, Op.RECV_B, (s, j))
+        return edges
+    if op is Op.OFFLOAD:
+        return [Edge(action.with_op(Op.F), "offload")]
     if op is Op.RELOAD:
         return [Edge(action.with_op(Op.OFFLOAD), "offload")]
     if op is Op.SEND_F:
@@ -116,7 +126,13 @@ def dependencies(action: Action, ix: ProgramIndex) -> list[Edge]:
 
 
 def _boundary(
-    ix: ProgramIndex, producer: Action, consumer: Action, rule: str, send_op: Op, recv_op: Op, latency_of: tuple[int, int]
+    ix: ProgramIndex,
+    producer: Action,
+    consumer: Action,
+    rule: str,
+    send_op: Op,
+    recv_op: Op,
+    latency_of: tuple[int, int],
 ) -> list[Edge]:
     """Edges for a boundary tensor; across ranks it pays latency and, once lowered, goes through SEND/RECV."""
     if not ix.crosses(producer.stage, consumer.stage):
@@ -135,12 +151,14 @@ def messages(ix: ProgramIndex) -> list[Message]:
     for s, i, j in ix.schedule.units():
         if s < last and ix.crosses(s, s + 1):
             f = Action(Op.F, s, i, j)
-            out.append(Message(f, Action(Op.F, s + 1, i, j), f.with_op(Op.SEND_F), Action(Op.RECV_F, s + 1, i, j)))
+            consumer = Action(Op.F, s + 1, i, j)
+            out.append(Message(f, (consumer,), f.with_op(Op.SEND_F), consumer.with_op(Op.RECV_F)))
         if s > 0 and ix.crosses(s, s - 1):
             b = ix.backward_input(s, i, j)
-            out.append(
-                Message(b, ix.backward_input(s - 1, i, j), b.with_op(Op.SEND_B), Action(Op.RECV_B, s - 1, i, j))
-            )
+            consumer = ix.backward_input(s - 1, i, j)
+            recompute = consumer.with_op(Op.R)
+            consumers = (recompute, consumer) if ix.has(recompute) else (consumer,)
+            out.append(Message(b, consumers, b.with_op(Op.SEND_B), consumer.with_op(Op.RECV_B)))
     return out
 
 

@@ -54,6 +54,8 @@ def greedy(
     ix = ProgramIndex(Schedule(placement, m, _by_rank(placement, universe), k))
     deps = {a: dependencies(a, ix) for a in universe}
     first_stage = {r: min(placement.stages_of(r)) for r in range(placement.p)}
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1 (one unit must fit to make progress), got {max_in_flight}")
     cap = {r: max_in_flight or placement.p * len(placement.stages_of(r)) for r in range(placement.p)}
     end: dict[Action, float] = {}
     free = [0.0] * placement.p

@@ -70,7 +70,8 @@ def lower(schedule: Schedule, costs: Costs | None = None) -> Schedule:
         key[node] = (finish[msg.producer], 0, ix.rank_of(msg.send), n)
         indegree.setdefault(node, 0)
         add_edge(("a", *ix.where[msg.producer]), node)
-        add_edge(node, ("a", *ix.where[msg.consumer]))
+        for consumer in msg.consumers:
+            add_edge(node, ("a", *ix.where[consumer]))
 
     programs: list[list] = [[] for _ in range(schedule.p)]
     ready = [(key[node], node) for node, deg in indegree.items() if deg == 0]

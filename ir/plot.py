@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ir.actions import Op, Stream
+from ir.files import check_writable
 from ir.simulate import Span, Timeline
 
 __all__ = ["plot_timeline", "OP_COLORS", "MEM_UNITS"]
@@ -116,7 +117,7 @@ def plot_timeline(
     if mem_unit not in MEM_UNITS:
         raise ValueError(f"unknown mem_unit {mem_unit!r}; use one of {', '.join(MEM_UNITS)}")
     if path is not None:
-        _check_writable(Path(path), overwrite)
+        path = check_writable(path, overwrite)
     p = max(timeline.p, 1)
     has_copy = any(s.stream is Stream.COPY for s in timeline.spans)
     layout = _layout(timeline, p, show_memory)
@@ -131,15 +132,8 @@ def plot_timeline(
     else:
         gantt.set_xlabel(f"time ({time_unit})")
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png", dpi=_DPI)
     return fig
-
-
-def _check_writable(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
 
 
 def _default_title(timeline: Timeline, time_unit: str) -> str:
@@ -290,7 +284,6 @@ def _draw_memory(ax: Axes, timeline: Timeline, mem_unit: str, time_unit: str) ->
     colors = _rank_colors(timeline.p)
     xmax = timeline.makespan if timeline.makespan > 0 else 1.0
     for r, curve in enumerate(timeline.memory):
-        curve = _last_per_time(curve)
         xs = [t for t, _ in curve] + [xmax]
         ys = [b / scale for _, b in curve]
         ys.append(ys[-1])
@@ -325,17 +318,6 @@ def _draw_memory(ax: Axes, timeline: Timeline, mem_unit: str, time_unit: str) ->
         handlelength=1.2,
         columnspacing=0.8,
     )
-
-
-def _last_per_time(curve: tuple[tuple[float, float], ...]) -> list[tuple[float, float]]:
-    """Keep the last level at each instant: simultaneous frees and allocations are one step, not a dip."""
-    out: list[tuple[float, float]] = []
-    for t, level in curve:
-        if out and out[-1][0] == t:
-            out[-1] = (t, level)
-        else:
-            out.append((t, level))
-    return out
 
 
 def _rank_colors(p: int) -> list[tuple[float, ...]]:

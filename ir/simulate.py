@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.actions import Action, Op, Stream
+from ir.actions import Action, Stream, parse_action
 from ir.costs import Costs
 from ir.deps import ProgramIndex, dependencies, memory_effects
 from ir.errors import ScheduleError, Violation
@@ -36,7 +36,7 @@ class Span:
     stream: Stream
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Timeline:
     """The simulated run of a schedule.
 
@@ -45,8 +45,9 @@ class Timeline:
         makespan: the end of the last action (the run starts at 0).
         busy: compute-stream busy time per rank.
         copy_busy: copy-stream busy time per rank.
-        memory: per rank, the ``(time, bytes)`` steps of its memory curve, starting at
-            ``(0, static)``; bytes are static + live activations after each change.
+        memory: per rank, the ``(time, bytes)`` steps of its memory curve: a point at time 0,
+            then one per instant at which the level changes; bytes are static + live
+            activations after everything that happens at that instant.
         peak: per rank, the highest point of its memory curve.
         peak_action: per rank, the action whose allocation reached the peak (None if
             the peak is the static bytes alone).
@@ -59,7 +60,7 @@ class Timeline:
     memory: tuple[tuple[tuple[float, float], ...], ...]
     peak: tuple[float, ...]
     peak_action: tuple[Action | None, ...]
-    _by_action: dict[Action, Span] = field(default_factory=dict, repr=False, compare=False)
+    _by_action: dict[Action, Span] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._by_action.update({span.action: span for span in self.spans})
@@ -83,8 +84,7 @@ class Timeline:
         return 1.0 - sum(self.busy) / (self.p * self.makespan)
 
     def span(self, action: Action | str) -> Span:
-        from ir.actions import parse_action
-
+        """The span of ``action`` (an `Action` or its text form)."""
         return self._by_action[parse_action(action) if isinstance(action, str) else action]
 
     def summary(self) -> str:
@@ -197,8 +197,22 @@ def _timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex, spans: tuple[S
             curve.append((t, level))
             if level > top:
                 top, top_action = level, action
-        memory.append(tuple(curve))
+        memory.append(_one_point_per_instant(curve))
         peak.append(top)
         peak_action.append(top_action)
     makespan = max((s.end for s in spans), default=0.0)
     return Timeline(spans, makespan, tuple(busy), tuple(copy_busy), tuple(memory), tuple(peak), tuple(peak_action))
+
+
+def _one_point_per_instant(curve: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """Keep the last level at each instant (frees sort first, so it is also the highest there),
+    then drop points that leave the level unchanged; the first point stays at time 0."""
+    merged: list[tuple[float, float]] = []
+    for t, level in curve:
+        if merged and merged[-1][0] == t:
+            merged[-1] = (t, level)
+        else:
+            merged.append((t, level))
+    out = merged[:1]
+    out += [(t, level) for (t, level), (_, before) in zip(merged[1:], merged, strict=False) if level != before]
+    return tuple(out)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ir.actions import Stream
+from ir.files import write_new
 from ir.simulate import Span, Timeline
 
 __all__ = ["to_chrome_trace", "write_chrome_trace", "TIME_UNITS_US", "STREAM_TIDS"]
@@ -69,13 +70,8 @@ def write_chrome_trace(
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     trace = to_chrome_trace(timeline, time_unit=time_unit, name=name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(trace, separators=(",", ":")) + "\n")
-    return path
+    return write_new(path, json.dumps(trace, separators=(",", ":")) + "\n", overwrite=overwrite)
 
 
 def _metadata(rank: int) -> list[dict[str, Any]]:
@@ -116,13 +112,10 @@ def _action_event(span: Span, scale: float) -> dict[str, Any]:
 
 
 def _memory_events(rank: int, curve: tuple[tuple[float, float], ...], scale: float) -> list[dict[str, Any]]:
-    """One counter sample per distinct time: the level after all changes at that instant."""
-    last: dict[float, float] = {}
-    for t, level in curve:
-        last[t] = level  # dicts keep first-insertion order, so samples stay in time order
+    """One counter sample per point of the rank's memory curve (one point per instant already)."""
     return [
         {"name": "memory", "ph": "C", "pid": rank, "tid": 0, "ts": t * scale, "args": {"bytes": level}}
-        for t, level in last.items()
+        for t, level in curve
     ]
 
 

@@ -85,7 +85,8 @@ def _placement_and_range(schedule: Schedule) -> list[Violation]:
     out = []
     bounds = (("stage", schedule.num_stages), ("microbatch", schedule.m), ("slice", schedule.k))
     for rank, _, action in schedule.actions():
-        bad = [f"{name} {getattr(action, name)} is outside 0..{n - 1}" for name, n in bounds if getattr(action, name) >= n]
+        bad = [f"{name} {getattr(action, name)} is outside 0..{n - 1}"
+               for name, n in bounds if getattr(action, name) >= n]
         if bad:
             out.append(Violation("range", rank, action, "; ".join(bad)))
             continue
@@ -97,7 +98,8 @@ def _placement_and_range(schedule: Schedule) -> list[Violation]:
 
 def _duplicates(ix: ProgramIndex) -> list[Violation]:
     return [
-        Violation("duplicate", rank, action, f"appears again at position {pos} (first at position {ix.where[action][1]})")
+        Violation("duplicate", rank, action,
+                  f"appears again at position {pos} (first at position {ix.where[action][1]})")
         for rank, pos, action in ix.duplicates
     ]
 
@@ -105,30 +107,33 @@ def _duplicates(ix: ProgramIndex) -> list[Violation]:
 def _completeness(schedule: Schedule, ix: ProgramIndex) -> list[Violation]:
     out = []
     for s, i, j in schedule.units():
+        present = {op for op in _UNIT_OPS if ix.has(Action(op, s, i, j))}
         rank = schedule.placement.rank_of(s)
-        present = {op for op in (Op.F, Op.B, Op.W, Op.BW, Op.R, Op.OFFLOAD, Op.RELOAD) if ix.has(Action(op, s, i, j))}
-
-        def missing(op: Op, why: str) -> None:
-            out.append(Violation("completeness", rank, Action(op, s, i, j), f"missing: {why}"))
-
-        def extra(op: Op, why: str) -> None:
-            out.append(Violation("completeness", rank, Action(op, s, i, j), why))
-
-        if Op.F not in present:
-            missing(Op.F, "every unit needs its forward once")
-        if Op.BW in present and present & {Op.B, Op.W}:
-            extra(Op.BW, "the unit also has a split B/W; use either BW or B and W")
-        elif Op.BW not in present:
-            if Op.B not in present:
-                missing(Op.B, "every unit needs its backward once (B and W, or BW)")
-            if Op.W not in present:
-                missing(Op.W, "a split backward needs W after B (or use BW)")
-        if (Op.OFFLOAD in present) != (Op.RELOAD in present):
-            have, lack = (Op.OFFLOAD, Op.RELOAD) if Op.OFFLOAD in present else (Op.RELOAD, Op.OFFLOAD)
-            extra(have, f"{have.value} without {lack.value}; offloaded activations must come back before the backward")
-        if Op.R in present and Op.OFFLOAD in present:
-            extra(Op.R, "a unit is either recomputed or offloaded, not both")
+        out += [Violation("completeness", rank, Action(op, s, i, j), why) for op, why in _unit_gaps(present)]
     return out
+
+
+_UNIT_OPS = (Op.F, Op.B, Op.W, Op.BW, Op.R, Op.OFFLOAD, Op.RELOAD)
+
+
+def _unit_gaps(present: set[Op]) -> list[tuple[Op, str]]:
+    """What is missing from, or too much in, one unit's set of ops."""
+    gaps = []
+    if Op.F not in present:
+        gaps.append((Op.F, "missing: every unit needs its forward once"))
+    if Op.BW in present and present & {Op.B, Op.W}:
+        gaps.append((Op.BW, "the unit also has a split B/W; use either BW or B and W"))
+    elif Op.BW not in present:
+        if Op.B not in present:
+            gaps.append((Op.B, "missing: every unit needs its backward once (B and W, or BW)"))
+        if Op.W not in present:
+            gaps.append((Op.W, "missing: a split backward needs W after B (or use BW)"))
+    if (Op.OFFLOAD in present) != (Op.RELOAD in present):
+        have, lack = (Op.OFFLOAD, Op.RELOAD) if Op.OFFLOAD in present else (Op.RELOAD, Op.OFFLOAD)
+        gaps.append((have, f"{have.value} without {lack.value}; offloaded activations must come back before B"))
+    if Op.R in present and Op.OFFLOAD in present:
+        gaps.append((Op.R, "a unit is either recomputed or offloaded, not both"))
+    return gaps
 
 
 def _comm(schedule: Schedule, ix: ProgramIndex) -> list[Violation]:

@@ -10,9 +10,18 @@ from ir.examples import greedy, one_f_one_b
 
 @pytest.mark.parametrize(
     "text, op, stage, mb, sl",
-    [("2F0", Op.F, 2, 0, 0), ("5B3", Op.B, 5, 3, 0), ("1W7", Op.W, 1, 7, 0), ("3BW12", Op.BW, 3, 12, 0),
-     ("2F0.1", Op.F, 2, 0, 1), ("0R4", Op.R, 0, 4, 0), ("1RECV_F2", Op.RECV_F, 1, 2, 0),
-     ("4OFFLOAD1.3", Op.OFFLOAD, 4, 1, 3), ("4RELOAD1", Op.RELOAD, 4, 1, 0), ("0SEND_B9", Op.SEND_B, 0, 9, 0)],
+    [
+        ("2F0", Op.F, 2, 0, 0),
+        ("5B3", Op.B, 5, 3, 0),
+        ("1W7", Op.W, 1, 7, 0),
+        ("3BW12", Op.BW, 3, 12, 0),
+        ("2F0.1", Op.F, 2, 0, 1),
+        ("0R4", Op.R, 0, 4, 0),
+        ("1RECV_F2", Op.RECV_F, 1, 2, 0),
+        ("4OFFLOAD1.3", Op.OFFLOAD, 4, 1, 3),
+        ("4RELOAD1", Op.RELOAD, 4, 1, 0),
+        ("0SEND_B9", Op.SEND_B, 0, 9, 0),
+    ],
 )
 def test_action_text_round_trip(text, op, stage, mb, sl):
     action = parse_action(text)
@@ -21,7 +30,7 @@ def test_action_text_round_trip(text, op, stage, mb, sl):
     assert hash(action) == hash(Action(op, stage, mb, sl))
 
 
-@pytest.mark.parametrize("bad", ["", "F0", "2X0", "2F", "2F0.", "-1F0", "2f0", "2F0.1.2"])
+@pytest.mark.parametrize("bad", ["", "F0", "2X0", "2F", "2F0.", "-1F0", "2f0", "2F0.1.2", "0F01", "01F0"])
 def test_bad_action_text_names_the_form(bad):
     with pytest.raises(ValueError, match="is not an action; expected <stage><op><microbatch>"):
         parse_action(bad)

@@ -29,9 +29,17 @@ def problems(draw):
         row = []
         for j in range(k):
             act = draw(st.integers(1, 8))
-            row.append(UnitCost(f=draw(st.integers(0, 4)), b=draw(st.integers(0, 4)), w=draw(st.integers(0, 4)),
-                                act=act, wact=draw(st.integers(0, act)), inp=draw(st.integers(0, 2)),
-                                comm=draw(st.integers(0, 2))))
+            row.append(
+                UnitCost(
+                    f=draw(st.integers(0, 4)),
+                    b=draw(st.integers(0, 4)),
+                    w=draw(st.integers(0, 4)),
+                    act=act,
+                    wact=draw(st.integers(0, act)),
+                    inp=draw(st.integers(0, 2)),
+                    comm=draw(st.integers(0, 2)),
+                )
+            )
             for i in range(m):
                 split = draw(st.booleans())
                 actions += [Action(op, s, i, j) for op in ((Op.F, Op.B, Op.W) if split else (Op.F, Op.BW))]
@@ -84,4 +92,5 @@ def test_random_valid_programs(problem):
     again = simulate(lowered, costs)
     assert again.makespan == timeline.makespan
     assert {s.action: (s.start, s.end) for s in again.spans if not s.action.op.is_comm} == {
-        s.action: (s.start, s.end) for s in timeline.spans}
+        s.action: (s.start, s.end) for s in timeline.spans
+    }

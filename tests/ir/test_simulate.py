@@ -19,15 +19,22 @@ def test_two_ranks_1f1b_with_comm_latency():
     schedule = one_f_one_b(2, 2)
     timeline = simulate(schedule, Costs.uniform(2, comm=0.5))
     assert _spans(timeline) == {
-        "0F0": (0, 1), "0F1": (1, 2), "0BW0": (5, 7), "0BW1": (8, 10),
-        "1F0": (1.5, 2.5), "1BW0": (2.5, 4.5), "1F1": (4.5, 5.5), "1BW1": (5.5, 7.5),
+        "0F0": (0, 1),
+        "0F1": (1, 2),
+        "0BW0": (5, 7),
+        "0BW1": (8, 10),
+        "1F0": (1.5, 2.5),
+        "1BW0": (2.5, 4.5),
+        "1F1": (4.5, 5.5),
+        "1BW1": (5.5, 7.5),
     }
     assert timeline.makespan == 10
     assert timeline.busy == (6, 6)
     assert timeline.bubble == (0.4, 0.4)
-    # rank 0 holds two activations from t=1 until 0BW0 ends at 7; frees come before allocations at 4.5 on rank 1
-    assert timeline.memory[0] == ((0, 0), (0, 1), (1, 2), (7, 1), (10, 0))
-    assert timeline.memory[1] == ((0, 0), (1.5, 1), (4.5, 0), (4.5, 1), (7.5, 0))
+    # rank 0 holds two activations from t=1 until 0BW0 ends at 7
+    assert timeline.memory[0] == ((0, 1), (1, 2), (7, 1), (10, 0))
+    # at 4.5 rank 1 frees microbatch 0 and allocates microbatch 1: one instant, level unchanged, no point
+    assert timeline.memory[1] == ((0, 0), (1.5, 1), (7.5, 0))
     assert timeline.peak == (2, 1)
     assert str(timeline.peak_action[0]) == "0F1"
 
@@ -50,16 +57,32 @@ def test_three_ranks_copy_stream_overlaps_compute():
     costs = Costs.uniform(3, act=4, wact=1, comm=0.5, copy_bandwidth=2)
     timeline = simulate(Schedule(Placement.standard(3), 2, THREE_RANKS), costs)
     assert _spans(timeline) == {
-        "0F0": (0, 1), "0OFFLOAD0": (1, 3), "0F1": (1, 2), "0RELOAD0": (3, 5),
-        "0B0": (7, 8), "0W0": (8, 9), "0B1": (9, 10), "0W1": (10, 11),
-        "1F0": (1.5, 2.5), "1F1": (2.5, 3.5), "1B0": (5.5, 6.5), "1W0": (6.5, 7.5), "1B1": (7.5, 8.5), "1W1": (8.5, 9.5),
-        "2F0": (3, 4), "2B0": (4, 5), "2F1": (5, 6), "2B1": (6, 7), "2W0": (7, 8), "2W1": (8, 9),
+        "0F0": (0, 1),
+        "0OFFLOAD0": (1, 3),
+        "0F1": (1, 2),
+        "0RELOAD0": (3, 5),
+        "0B0": (7, 8),
+        "0W0": (8, 9),
+        "0B1": (9, 10),
+        "0W1": (10, 11),
+        "1F0": (1.5, 2.5),
+        "1F1": (2.5, 3.5),
+        "1B0": (5.5, 6.5),
+        "1W0": (6.5, 7.5),
+        "1B1": (7.5, 8.5),
+        "1W1": (8.5, 9.5),
+        "2F0": (3, 4),
+        "2B0": (4, 5),
+        "2F1": (5, 6),
+        "2B1": (6, 7),
+        "2W0": (7, 8),
+        "2W1": (8, 9),
     }
     assert timeline.makespan == 11
     assert timeline.busy == (6, 6, 6)
     assert timeline.copy_busy == (4, 0, 0)
-    # offload frees 4 at t=3, the reload re-adds 4 at t=3 (free first); B frees act-wact=3, W frees wact=1
-    assert timeline.memory[0] == ((0, 0), (0, 4), (1, 8), (3, 4), (3, 8), (8, 5), (9, 4), (10, 1), (11, 0))
+    # offload frees 4 at t=3 as the reload re-adds 4 (level unchanged); B frees act-wact=3, W frees wact=1
+    assert timeline.memory[0] == ((0, 4), (1, 8), (8, 5), (9, 4), (10, 1), (11, 0))
     assert timeline.peak[0] == 8
 
 
@@ -69,7 +92,8 @@ def test_recompute_memory_and_time():
     schedule = Schedule(Placement.standard(1), 2, [["0F0", "0F1", "0R0", "0BW0", "0R1", "0BW1"]])
     timeline = simulate(schedule, Costs.uniform(1, act=5, inp=1, static=(100,)))
     assert _spans(timeline)["0BW1"] == (6, 8)
-    assert timeline.memory[0] == ((0, 100), (0, 101), (1, 102), (2, 107), (5, 101), (5, 106), (8, 100))
+    # at 5: 0BW0 frees act+inp=6 and 0R1 re-adds act=5 in the same instant -> one point at 106
+    assert timeline.memory[0] == ((0, 101), (1, 102), (2, 107), (5, 106), (8, 100))
     assert timeline.peak == (107,)
 
 
@@ -77,8 +101,14 @@ def test_slices_follow_causal_order():
     # p=1, k=2, m=1, F=1 B=2 W=1 per slice: forward slices in order, backward slices in reverse.
     schedule = Schedule(Placement.standard(1), 1, [["0F0", "0F0.1", "0B0.1", "0B0", "0W0.1", "0W0"]], k=2)
     timeline = simulate(schedule, Costs.uniform(1, 2, f=1, b=2, w=1))
-    assert _spans(timeline) == {"0F0": (0, 1), "0F0.1": (1, 2), "0B0.1": (2, 4), "0B0": (4, 6),
-                                "0W0.1": (6, 7), "0W0": (7, 8)}
+    assert _spans(timeline) == {
+        "0F0": (0, 1),
+        "0F0.1": (1, 2),
+        "0B0.1": (2, 4),
+        "0B0": (4, 6),
+        "0W0.1": (6, 7),
+        "0W0": (7, 8),
+    }
 
 
 def test_lowered_schedule_simulates_like_compute_only():
@@ -100,7 +130,9 @@ def test_1f1b_closed_form_bubble():
 
 def test_simulate_refuses_invalid_schedule_and_mismatched_costs():
     with pytest.raises(ScheduleError, match="deadlock"):
-        simulate(Schedule(Placement.standard(2), 2, [["0F0", "0BW0", "0F1", "0BW1"],
-                                                     ["1F1", "1F0", "1BW0", "1BW1"]]), Costs.uniform(2))
+        simulate(
+            Schedule(Placement.standard(2), 2, [["0F0", "0BW0", "0F1", "0BW1"], ["1F1", "1F0", "1BW0", "1BW1"]]),
+            Costs.uniform(2),
+        )
     with pytest.raises(ValueError, match="costs cover 3 stages but the schedule has 2"):
         simulate(one_f_one_b(2, 1), Costs.uniform(3))
