@@ -136,3 +136,17 @@ def test_simulate_refuses_invalid_schedule_and_mismatched_costs():
         )
     with pytest.raises(ValueError, match="costs cover 3 stages but the schedule has 2"):
         simulate(one_f_one_b(2, 1), Costs.uniform(3))
+
+
+def test_recompute_waits_for_its_gradient():
+    # p=2, m=1, unit 0 of stage 0 recomputed; F=1, R=1, BW=2, act=5, inp=1, comm 0.
+    # 0F0 [0,1] 1F0 [1,2] 1BW0 [2,4]; 0R0 waits for the gradient from 1BW0 -> [4,5]; 0BW0 [5,7].
+    # Rank 0 keeps only inp=1 until the recompute re-adds act=5 at 4; BW frees act+inp at 7.
+    schedule = Schedule(Placement.standard(2), 1, [["0F0", "0R0", "0BW0"], ["1F0", "1BW0"]])
+    timeline = simulate(schedule, Costs.uniform(2, act=5, inp=1))
+    assert _spans(timeline) == {"0F0": (0, 1), "1F0": (1, 2), "1BW0": (2, 4), "0R0": (4, 5), "0BW0": (5, 7)}
+    assert timeline.memory[0] == ((0, 1), (4, 6), (7, 0))
+    assert str(timeline.peak_action[0]) == "0R0"
+    lowered = lower(schedule)  # the gradient's RECV must come before the recompute
+    prog = [str(a) for a in lowered.ranks[0]]
+    assert prog.index("0RECV_B0") < prog.index("0R0") < prog.index("0BW0")
