@@ -1,0 +1,44 @@
+"""The schedule library: every hand-designed schedule family as an IR generator.
+
+``BASELINES`` maps a name to its `Baseline`; ``build(name, p, m, **options)`` makes
+the schedule. One module per family; each docstring cites its source and states its
+bubble and peak-memory formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ir import Schedule
+from synth.baselines.common import Baseline
+from synth.baselines.gpipe import BASELINE as _GPIPE
+from synth.baselines.one_f_one_b import BASELINE as _ONE_F_ONE_B
+from synth.baselines.one_f_one_b import RECOMPUTE as _ONE_F_ONE_B_RECOMPUTE
+
+__all__ = ["BASELINES", "Baseline", "build", "names"]
+
+BASELINES: dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        _GPIPE,
+        _ONE_F_ONE_B,
+        _ONE_F_ONE_B_RECOMPUTE,
+    )
+}
+
+
+def names() -> list[str]:
+    return list(BASELINES)
+
+
+def build(name: str, p: int, m: int, **options: Any) -> Schedule:
+    """The ``name`` schedule for ``p`` ranks and ``m`` microbatches.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones) or bad options.
+    """
+    try:
+        baseline = BASELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
+    return baseline(p, m, **options)
