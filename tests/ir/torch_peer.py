@@ -16,6 +16,10 @@ order, and prints one JSON object to stdout:
 (pipesynth's ``ir.lower``): torch loads it in its "compute_comms" format and
 simulates it as it stands.
 
+With ``--batch FILE`` (a JSON list of objects with the keys csv, m, num_stages, stages
+and name, all for the same ``--p``) it checks every case in one process and prints
+``{name: report}``; ``tests/synth/test_baselines_torch.py`` uses it for the library.
+
 ``with_comms`` leaves out torch's FSDP/DP ops (UNSHARD, RESHARD, REDUCE_GRAD),
 which pipesynth does not model. It imports nothing from pipesynth, so the answer is
 torch's alone. Used by ``tests/ir/test_torch_csv.py``.
@@ -42,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=args.p)
     try:
-        report = _load_and_lower(args)
+        if args.batch:
+            with open(args.batch) as f:
+                cases = json.load(f)
+            report = {c["name"]: _load_and_lower(_case_args(args, c)) for c in cases}
+        else:
+            report = _load_and_lower(args)
     finally:
         dist.destroy_process_group()
     json.dump(report, sys.stdout)
@@ -52,13 +61,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", help="torch CSV (compute-only) to load")
+    parser.add_argument("csv", nargs="?", help="torch CSV (compute-only) to load")
     parser.add_argument("--p", type=int, required=True, help="number of ranks")
-    parser.add_argument("--m", type=int, required=True, help="number of microbatches")
-    parser.add_argument("--num-stages", type=int, required=True, help="total number of stages")
-    parser.add_argument("--stages", required=True, help="rank 0's stage indices, comma-separated, e.g. 0,7")
+    parser.add_argument("--m", type=int, help="number of microbatches")
+    parser.add_argument("--num-stages", type=int, help="total number of stages")
+    parser.add_argument("--stages", help="rank 0's stage indices, comma-separated, e.g. 0,7")
     parser.add_argument("--lowered", help="the same schedule with comms, to load as compute_comms and simulate")
-    return parser.parse_args(argv)
+    parser.add_argument("--batch", help="JSON list of cases {name, csv, m, num_stages, stages} to check at once")
+    args = parser.parse_args(argv)
+    if not args.batch and None in (args.csv, args.m, args.num_stages, args.stages):
+        parser.error("give CSV, --m, --num-stages and --stages, or --batch FILE")
+    return args
+
+
+def _case_args(args: argparse.Namespace, case: dict) -> argparse.Namespace:
+    return argparse.Namespace(p=args.p, csv=case["csv"], m=case["m"], num_stages=case["num_stages"],
+                              stages=case["stages"], lowered=case.get("lowered"))
 
 
 def _runtime(args: argparse.Namespace) -> _PipelineScheduleRuntime:
