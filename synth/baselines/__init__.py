@@ -11,6 +11,7 @@ from typing import Any
 
 from ir import Schedule
 from synth.baselines.common import Baseline
+from synth.baselines.dualpipev import BASELINE as _DUALPIPEV
 from synth.baselines.gpipe import BASELINE as _GPIPE
 from synth.baselines.one_f_one_b import BASELINE as _ONE_F_ONE_B
 from synth.baselines.one_f_one_b import RECOMPUTE as _ONE_F_ONE_B_RECOMPUTE
@@ -23,6 +24,7 @@ BASELINES: dict[str, Baseline] = {
         _GPIPE,
         _ONE_F_ONE_B,
         _ONE_F_ONE_B_RECOMPUTE,
+        _DUALPIPEV,
     )
 }
 
