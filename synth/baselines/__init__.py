@@ -15,6 +15,10 @@ from synth.baselines.dualpipev import BASELINE as _DUALPIPEV
 from synth.baselines.gpipe import BASELINE as _GPIPE
 from synth.baselines.one_f_one_b import BASELINE as _ONE_F_ONE_B
 from synth.baselines.one_f_one_b import RECOMPUTE as _ONE_F_ONE_B_RECOMPUTE
+from synth.baselines.pipeoffload import PO_F as _PO_F
+from synth.baselines.pipeoffload import PO_H as _PO_H
+from synth.baselines.seq1f1b import BASELINE as _SEQ1F1B
+from synth.baselines.seq1f1b import INTERLEAVED as _SEQ1F1B_I
 
 __all__ = ["BASELINES", "Baseline", "build", "names"]
 
@@ -24,7 +28,11 @@ BASELINES: dict[str, Baseline] = {
         _GPIPE,
         _ONE_F_ONE_B,
         _ONE_F_ONE_B_RECOMPUTE,
+        _SEQ1F1B,
+        _SEQ1F1B_I,
         _DUALPIPEV,
+        _PO_H,
+        _PO_F,
     )
 }
 
