@@ -19,6 +19,9 @@ from synth.baselines.pipeoffload import PO_F as _PO_F
 from synth.baselines.pipeoffload import PO_H as _PO_H
 from synth.baselines.seq1f1b import BASELINE as _SEQ1F1B
 from synth.baselines.seq1f1b import INTERLEAVED as _SEQ1F1B_I
+from synth.baselines.zb_v import BASELINE as _ZB_V
+from synth.baselines.zero_bubble import BASELINE as _ZB_H1
+from synth.baselines.zero_bubble import BASELINE_H2 as _ZB_H2
 
 __all__ = ["BASELINES", "Baseline", "build", "names"]
 
@@ -28,6 +31,9 @@ BASELINES: dict[str, Baseline] = {
         _GPIPE,
         _ONE_F_ONE_B,
         _ONE_F_ONE_B_RECOMPUTE,
+        _ZB_H1,
+        _ZB_H2,
+        _ZB_V,
         _SEQ1F1B,
         _SEQ1F1B_I,
         _DUALPIPEV,
