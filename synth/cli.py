@@ -1,9 +1,10 @@
 """The ``synth`` command.
 
-Today it has one subcommand, ``synth show FILE``: verify and simulate a saved schedule
-(JSON or torch CSV) with uniform per-stage costs, print its summary, and optionally draw
-it. Synthesis itself (``synth --mem-cap 40GB --stages 8``) arrives with the
-building-block synthesizer; until then the command says so instead of guessing.
+Today it has two subcommands: ``synth baselines`` lists the schedule library, and
+``synth show FILE`` (or ``synth show --baseline NAME -p P -m M``) verifies and simulates a
+schedule with uniform per-full-stage costs, prints its summary, and optionally draws it.
+Synthesis itself (``synth --mem-cap 40GB --stages 8``) arrives with the building-block
+synthesizer; until then the command says so instead of guessing.
 """
 
 from __future__ import annotations
@@ -15,26 +16,37 @@ from pathlib import Path
 from ir import Costs, ScheduleError, simulate, verify
 
 
-def _load(path: Path):
+def _load(args: argparse.Namespace):
+    if args.baseline:
+        from synth.baselines import build
+
+        return build(args.baseline, args.ranks, args.microbatches)
+    if args.file is None:
+        raise ValueError("give a schedule FILE (.json or torch .csv) or --baseline NAME")
     from ir.jsonio import load
     from ir.torch_csv import read_torch_csv
 
-    return read_torch_csv(path) if path.suffix.lower() == ".csv" else load(path)
+    return read_torch_csv(args.file) if args.file.suffix.lower() == ".csv" else load(args.file)
 
 
 def _show(args: argparse.Namespace) -> int:
-    schedule = _load(args.file)
+    schedule = _load(args)
     verify(schedule)
-    costs = Costs.uniform(schedule.num_stages, schedule.k, f=args.f, b=args.b, w=args.w, comm=args.comm)
+    # the given times are per full stage (1/p of the model), split over a rank's stages and slices
+    share = schedule.p / (schedule.num_stages * schedule.k)
+    costs = Costs.uniform(schedule.num_stages, schedule.k, f=args.f * share, b=args.b * share, w=args.w * share,
+                          act=share, comm=args.comm)
     timeline = simulate(schedule, costs)
-    print(f"{args.file}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "
+    label = args.baseline or args.file
+    print(f"{label}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "
           f"placement={schedule.placement.kind.value}")
-    print(f"costs per stage: F={args.f:g} B={args.b:g} W={args.w:g} comm={args.comm:g}; activations in units")
+    print(f"costs per full stage: F={args.f:g} B={args.b:g} W={args.w:g} comm={args.comm:g}; "
+          "memory in full-stage activations")
     print(timeline.summary())
     if args.plot:
         from ir.plot import plot_timeline
 
-        plot_timeline(timeline, args.plot, title=str(args.file), mem_unit="units", overwrite=args.force)
+        plot_timeline(timeline, args.plot, title=str(label), mem_unit="units", overwrite=args.force)
         print(f"wrote {args.plot}")
     if args.trace:
         from ir.trace import write_chrome_trace
@@ -44,20 +56,37 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_baselines() -> int:
+    from synth.baselines import BASELINES
+
+    width = max(len(name) for name in BASELINES)
+    for b in BASELINES.values():
+        options = ", ".join(f"{k}={v}" for k, v in b.options.items())
+        print(f"{b.name:<{width}}  {b.summary}" + (f" [{options}]" if options else "") + f"  ({b.source})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synth", description="pipesynth: pipeline schedules, checked and simulated.")
     sub = parser.add_subparsers(dest="command")
-    show = sub.add_parser("show", help="verify, simulate and summarise a saved schedule (.json or torch .csv)")
-    show.add_argument("file", type=Path)
+    sub.add_parser("baselines", help="list the hand-designed schedules in the library")
+    show = sub.add_parser("show", help="verify, simulate and summarise a schedule (.json, torch .csv or a baseline)")
+    show.add_argument("file", type=Path, nargs="?", help="a saved schedule (.json or torch .csv)")
+    show.add_argument("--baseline", help="build this library schedule instead of reading a file")
+    show.add_argument("-p", "--ranks", type=int, default=4, help="ranks, with --baseline (default 4)")
+    show.add_argument("-m", "--microbatches", type=int, default=8, help="microbatches, with --baseline (default 8)")
     for name, default in (("f", 1.0), ("b", 1.0), ("w", 1.0), ("comm", 0.0)):
-        show.add_argument(f"--{name}", type=float, default=default, help=f"{name} time per stage (default {default:g})")
+        show.add_argument(f"--{name}", type=float, default=default,
+                          help=f"{name} time per full stage (default {default:g})")
     show.add_argument("--plot", type=Path, help="write a Gantt PNG here")
     show.add_argument("--trace", type=Path, help="write a Chrome trace JSON here")
     show.add_argument("--force", action="store_true", help="overwrite existing output files")
     args = parser.parse_args(argv)
+    if args.command == "baselines":
+        return _list_baselines()
     if args.command != "show":
         print("synth: schedule synthesis (synth --mem-cap ... --stages ...) is not built yet; "
-              "available now: 'synth show FILE'. The IR demo is 'python -m ir'.", file=sys.stderr)
+              "available now: 'synth baselines', 'synth show'. The IR demo is 'python -m ir'.", file=sys.stderr)
         return 2
     try:
         return _show(args)

@@ -42,3 +42,16 @@ def test_synth_show_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "version" in err and "Traceback" not in err
     assert synth_main([]) == 2
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_synth_baselines_lists_the_library_and_show_builds_one(capsys):
+    from synth.baselines import BASELINES
+
+    assert synth_main(["baselines"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(BASELINES)
+    # ZB-H1 with F=B=W=1 per stage, m >= p: makespan 3m + (p-1)(F+B-W) = 24 + 3 (Qi et al. 2024, sec. 2.1)
+    assert synth_main(["show", "--baseline", "zb-h1", "-p", "4", "-m", "8"]) == 0
+    assert "makespan 27," in capsys.readouterr().out
+    assert synth_main(["show", "--baseline", "nope"]) == 1
+    assert "unknown baseline 'nope'; known: gpipe" in capsys.readouterr().err
