@@ -11,6 +11,8 @@ from typing import Any
 
 from ir import Schedule
 from synth.baselines.common import Baseline
+from synth.baselines.controllable_memory import V_HALF as _V_HALF
+from synth.baselines.controllable_memory import V_MIN as _V_MIN
 from synth.baselines.dualpipev import BASELINE as _DUALPIPEV
 from synth.baselines.gpipe import BASELINE as _GPIPE
 from synth.baselines.one_f_one_b import BASELINE as _ONE_F_ONE_B
@@ -34,6 +36,8 @@ BASELINES: dict[str, Baseline] = {
         _ZB_H1,
         _ZB_H2,
         _ZB_V,
+        _V_HALF,
+        _V_MIN,
         _SEQ1F1B,
         _SEQ1F1B_I,
         _DUALPIPEV,
