@@ -15,6 +15,8 @@ from synth.baselines.controllable_memory import V_HALF as _V_HALF
 from synth.baselines.controllable_memory import V_MIN as _V_MIN
 from synth.baselines.dualpipev import BASELINE as _DUALPIPEV
 from synth.baselines.gpipe import BASELINE as _GPIPE
+from synth.baselines.hanayo import BASELINE as _HANAYO
+from synth.baselines.interleaved import BASELINE as _INTERLEAVED
 from synth.baselines.one_f_one_b import BASELINE as _ONE_F_ONE_B
 from synth.baselines.one_f_one_b import RECOMPUTE as _ONE_F_ONE_B_RECOMPUTE
 from synth.baselines.pipeoffload import PO_F as _PO_F
@@ -33,11 +35,13 @@ BASELINES: dict[str, Baseline] = {
         _GPIPE,
         _ONE_F_ONE_B,
         _ONE_F_ONE_B_RECOMPUTE,
+        _INTERLEAVED,
         _ZB_H1,
         _ZB_H2,
         _ZB_V,
         _V_HALF,
         _V_MIN,
+        _HANAYO,
         _SEQ1F1B,
         _SEQ1F1B_I,
         _DUALPIPEV,

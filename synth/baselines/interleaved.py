@@ -12,11 +12,13 @@ chunk 1, ...; virtual k is microbatch ``g*p + k % p`` on chunk ``(k // p) % v``.
 backward takes the same microbatch on the mirrored chunk ``v-1 - (k // p) % v``. Rank r runs
 ``warmup(r) = min((v-1)*p + 2*(p-r-1), v*m)`` forwards, then ``v*m - warmup(r)`` steps of one
 forward (k + warmup) followed by one backward (k), then the remaining backwards.
-Megatron requires ``m % p == 0`` for this grouping (older Megatron raised "number of
-microbatches is not divisible by pipeline-model-parallel-size"; newer versions accept a last
-group of at least p, which this module does not model), so m must be a multiple of p.
-Megatron versions before mid-2023 also ran every forward first when ``m == p``; the current
-source only caps the warm-up at ``v*m``, and this module follows the current source.
+With groups of p, Megatron requires ``m % p == 0`` (older releases raise "number of microbatches
+is not divisible by pipeline-model-parallel-size"; newer ones reject a last group smaller than p,
+the same rule for the default group size, and only accept other m with a larger
+``microbatch_group_size_per_vp_stage``, which this module does not model).
+Older Megatron releases also ran every forward first when ``m == p`` (``all_warmup_microbatches``);
+the current source only caps the warm-up at ``v*m``, and this module follows the current source
+(at m == p both give the same makespan and rank-0 peak; later ranks peak lower here).
 
 Closed forms, per-chunk costs F/v and BW/v (a rank's work per microbatch is F + BW), no comm:
 
@@ -25,7 +27,7 @@ Closed forms, per-chunk costs F/v and BW/v (a rank's work per microbatch is F + 
 - peak activations on rank r: ``min(warmup(r) + 1, v*m)`` chunk-microbatches of 1/v stage
   each (the forward that opens the first 1F1B step is issued before the first backward frees
   anything). On rank 0 that is ``((v+1)*p - 1)/v = p + (p-1)/v`` stage-microbatches
-  when ``m > p``, i.e. p*(1 + (p-1)/(p*v)) as in Narayanan et al.; ``m`` when ``m == p`` and
+  when ``m >= 2p``, i.e. p*(1 + (p-1)/(p*v)) as in Narayanan et al.; ``m`` when ``m == p`` and
   the cap binds.
 """
 
@@ -46,11 +48,13 @@ def interleaved(p: int, m: int, *, costs=None, v: int = 2) -> Schedule:
     """Megatron's interleaved 1F1B for ``p`` ranks, ``m`` microbatches and ``v`` chunks per rank.
 
     Raises:
-        ValueError: p < 2, v < 1, or m not a multiple of p.
+        ValueError: p < 2, v < 2, or m not a multiple of p.
     """
     check_positive(p=p, m=m, v=v)
     if p < 2:
         raise ValueError(f"interleaved 1F1B needs p >= 2 ranks, got p={p}; use '1f1b' for a single rank")
+    if v < 2:
+        raise ValueError(f"interleaved 1F1B needs v >= 2 chunks per rank, got v={v}; use '1f1b' for one chunk")
     if m % p:
         raise ValueError(
             f"interleaved 1F1B sends microbatches through the chunks in groups of p, so m must be a multiple "
