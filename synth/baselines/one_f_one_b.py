@@ -11,25 +11,19 @@ the cost of one extra F per unit on the critical path.
 
 from __future__ import annotations
 
-from ir import Action, Op, Placement, Schedule
+from ir import Op, Schedule
+from ir.examples import one_f_one_b as _plain_1f1b
 from synth.baselines.common import Baseline, check_positive
 
 
 def one_f_one_b(p: int, m: int, *, costs=None, recompute: bool = False) -> Schedule:
+    """1F1B as written in ``ir.examples``; with ``recompute``, an R right before every BW."""
     check_positive(p=p, m=m)
-    programs = []
-    for r in range(p):
-        warmup = min(p - r - 1, m)
-        prog = [Action(Op.F, r, i) for i in range(warmup)]
-        for i in range(m):
-            if warmup + i < m:
-                prog.append(Action(Op.F, r, warmup + i))
-            if recompute:
-                prog.append(Action(Op.R, r, i))
-            prog.append(Action(Op.BW, r, i))
-        programs.append(prog)
-    made_by = "synth.baselines.one_f_one_b" + (" (recompute)" if recompute else "")
-    return Schedule(Placement.standard(p), m, programs, meta={"made_by": made_by})
+    plain = _plain_1f1b(p, m)
+    if not recompute:
+        return plain.with_programs(plain.ranks, made_by="synth.baselines.one_f_one_b")
+    programs = [[x for a in prog for x in ((a.with_op(Op.R), a) if a.op is Op.BW else (a,))] for prog in plain.ranks]
+    return plain.with_programs(programs, made_by="synth.baselines.one_f_one_b (recompute)")
 
 
 def _recompute(p: int, m: int, *, costs=None) -> Schedule:

@@ -155,7 +155,6 @@ def torch_orders():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # a torch subprocess (~4 s); ZB-V's peer check in test_zb_v.py runs by default
 @pytest.mark.parametrize(("p", "m"), TORCH_CASES)
 def test_zb_h1_equals_torch_interleaved_zero_bubble(torch_orders, p, m):
     # torch writes our B (input grad) as I.
