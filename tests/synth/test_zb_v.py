@@ -6,15 +6,13 @@ becomes f = b = w = 1/2 and act = wact = 1/2 per chunk (wact = act: a microbatch
 stay live until its W, as the paper counts them); times and memory below are in full-stage units.
 """
 
-import json
-import subprocess
-import sys
 
 import pytest
 
 import ir
 from ir import Op
 from synth.baselines.zb_v import BASELINE, zb_v
+from tests.synth.torch_orders import torch_pipeline_orders
 
 CASES = [(p, m) for p in (2, 4, 8) for m in sorted({1, p - 1, p, 2 * p - 1, 2 * p, 4 * p})]
 
@@ -103,34 +101,12 @@ def test_registry_entry():
     assert BASELINE(4, 8).meta["baseline"] == "zb-v"
 
 
-_TORCH_ZBV = r"""
-import json, sys
-import torch
-import torch.distributed as dist
-from torch.distributed.pipelining import PipelineStage
-from torch.distributed.pipelining.schedules import ScheduleZBVZeroBubble
-from torch.testing._internal.distributed.fake_pg import FakeStore
-
-out = {}
-for p, m in json.loads(sys.argv[1]):
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=p)
-    try:
-        stages = [PipelineStage(torch.nn.Linear(4, 4), s, 2 * p, torch.device("cpu")) for s in (0, 2 * p - 1)]
-        schedule = ScheduleZBVZeroBubble(stages, n_microbatches=m, loss_fn=lambda y, t: y.sum())
-        out[f"{p},{m}"] = {r: [str(a) for a in acts if a is not None] for r, acts in schedule.pipeline_order.items()}
-    finally:
-        dist.destroy_process_group()
-print(json.dumps(out))
-"""
 TORCH_CASES = [(2, 1), (2, 3), (2, 8), (4, 1), (4, 4), (4, 7), (4, 8), (4, 16), (8, 8), (8, 15), (8, 32)]
 
 
 @pytest.fixture(scope="module")
 def torch_orders():
-    proc = subprocess.run([sys.executable, "-c", _TORCH_ZBV, json.dumps(TORCH_CASES)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return torch_pipeline_orders("ScheduleZBVZeroBubble", TORCH_CASES, v_shape=True)
 
 
 @pytest.mark.parametrize(("p", "m"), TORCH_CASES)

@@ -3,15 +3,13 @@ Table 2 (bubble), sec. 2.3 (peak activations per worker), Fig. 3 (orders), and t
 ``ScheduleInterleavedZeroBubble`` (ZB-H1 with one stage per rank), run in a subprocess
 (marked slow: ``pytest -m slow tests/synth/test_zero_bubble.py``)."""
 
-import json
-import subprocess
-import sys
 
 import pytest
 
 import ir
 from ir import Op
 from synth.baselines.zero_bubble import BASELINE, BASELINE_H2, zb_h1, zb_h2
+from tests.synth.torch_orders import torch_pipeline_orders
 
 BUILDERS = {"zb-h1": zb_h1, "zb-h2": zb_h2}
 CASES = [(p, m) for p in (2, 4, 8) for m in sorted({1, p - 1, p, 2 * p - 1, 2 * p, 4 * p})]
@@ -125,34 +123,12 @@ def test_registry_entries():
         BASELINE_H2(4, 8, v=2)
 
 
-_TORCH_ZB = r"""
-import json, sys
-import torch
-import torch.distributed as dist
-from torch.distributed.pipelining import PipelineStage
-from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble
-from torch.testing._internal.distributed.fake_pg import FakeStore
-
-out = {}
-for p, m in json.loads(sys.argv[1]):
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=p)
-    try:
-        stage = PipelineStage(torch.nn.Linear(4, 4), 0, p, torch.device("cpu"))
-        schedule = ScheduleInterleavedZeroBubble([stage], n_microbatches=m, loss_fn=lambda y, t: y.sum())
-        out[f"{p},{m}"] = {r: [str(a) for a in acts if a is not None] for r, acts in schedule.pipeline_order.items()}
-    finally:
-        dist.destroy_process_group()
-print(json.dumps(out))
-"""
 TORCH_CASES = [(2, 1), (2, 4), (4, 2), (4, 4), (4, 8), (4, 16), (8, 8), (8, 16)]
 
 
 @pytest.fixture(scope="module")
 def torch_orders():
-    proc = subprocess.run([sys.executable, "-c", _TORCH_ZB, json.dumps(TORCH_CASES)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return torch_pipeline_orders("ScheduleInterleavedZeroBubble", TORCH_CASES, v_shape=False)
 
 
 @pytest.mark.parametrize(("p", "m"), TORCH_CASES)
