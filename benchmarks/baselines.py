@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ir import Costs, UnitCost, simulate, verify  # noqa: E402
+from ir import simulate, verify  # noqa: E402
 from synth.baselines import BASELINES, build  # noqa: E402
+from synth.baselines.common import even_split_costs  # noqa: E402
 
 P, M = 8, 32
 WACT, INP = 14 / 34, 1 / 16
@@ -35,12 +36,9 @@ COSTS = {
 RESULTS = Path(__file__).resolve().parent / "results" / "baselines.md"
 
 
-def costs_for(schedule, f: float, b: float, w: float, comm: float) -> Costs:
-    """Split full-stage costs evenly over a rank's stages and the slices."""
-    share = schedule.p / (schedule.num_stages * schedule.k)
-    unit = UnitCost(f=f * share, b=b * share, w=w * share, act=share, wact=WACT * share, inp=INP * share, comm=comm)
-    # copy bandwidth: one full stage's activations (1 unit) in one full-stage forward time
-    return Costs(tuple((unit,) * schedule.k for _ in range(schedule.num_stages)), copy_bandwidth=1.0 / f)
+def costs_for(schedule, f: float, b: float, w: float, comm: float):
+    """The docstring's cost model; copying one full stage's activations takes one forward time."""
+    return even_split_costs(schedule, f=f, b=b, w=w, comm=comm, act=1.0, wact=WACT, inp=INP, copy_bandwidth=1.0 / f)
 
 
 def rows() -> list[tuple]:

@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ir import Costs, ScheduleError, simulate, verify
+from ir import ScheduleError, simulate
+from synth.baselines.common import even_split_costs
 
 
 def _load(args: argparse.Namespace):
@@ -30,12 +31,8 @@ def _load(args: argparse.Namespace):
 
 
 def _show(args: argparse.Namespace) -> int:
-    schedule = _load(args)
-    verify(schedule)
-    # the given times are per full stage (1/p of the model), split over a rank's stages and slices
-    share = schedule.p / (schedule.num_stages * schedule.k)
-    costs = Costs.uniform(schedule.num_stages, schedule.k, f=args.f * share, b=args.b * share, w=args.w * share,
-                          act=share, comm=args.comm)
+    schedule = _load(args)  # simulate runs verify's structural rules itself
+    costs = even_split_costs(schedule, f=args.f, b=args.b, w=args.w, comm=args.comm)
     timeline = simulate(schedule, costs)
     label = args.baseline or args.file
     print(f"{label}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "

@@ -8,13 +8,14 @@ A builder takes ``(p, m, *, costs=None, **options)`` and returns an ``ir.Schedul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir import Schedule
+from ir import Costs, Schedule, UnitCost
 
-__all__ = ["Baseline", "check_positive"]
+__all__ = ["Baseline", "check_positive", "even_split_costs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +50,24 @@ def check_positive(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def even_split_costs(
+    schedule: Schedule,
+    *,
+    f: float,
+    b: float,
+    w: float,
+    comm: float = 0.0,
+    act: float = 1.0,
+    wact: float = 0.0,
+    inp: float = 0.0,
+    copy_bandwidth: float = math.inf,
+) -> Costs:
+    """Costs given per full stage (1/p of the model), split evenly over each rank's stages and
+    the slices: a family with c stages per rank and k slices gets ``f / (c k)`` per unit, and so
+    on for b, w, act, wact and inp; comm latency and copy bandwidth are kept as given."""
+    share = schedule.p / (schedule.num_stages * schedule.k)
+    unit = UnitCost(f=f * share, b=b * share, w=w * share, act=act * share, wact=wact * share,
+                    inp=inp * share, comm=comm)
+    return Costs(tuple((unit,) * schedule.k for _ in range(schedule.num_stages)), copy_bandwidth=copy_bandwidth)
