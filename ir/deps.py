@@ -15,7 +15,7 @@ from ir.actions import Action, Op
 from ir.costs import Costs
 from ir.schedule import Schedule
 
-__all__ = ["Edge", "ProgramIndex", "dependencies", "memory_effects", "messages"]
+__all__ = ["Edge", "ProgramIndex", "dependencies", "memory_effects", "messages", "ready_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +123,19 @@ def dependencies(action: Action, ix: ProgramIndex) -> list[Edge]:
     if op is Op.SEND_B:
         return [Edge(ix.backward_input(s, i, j), "comm")]
     return []  # RECV_*: a post, ordered only by its program position
+
+
+def ready_time(edges: list[Edge], end: dict[Action, float], costs: Costs) -> float | None:
+    """Earliest start the edges allow (each pred's end plus its comm latency), or None while a pred has not ended."""
+    ready = 0.0
+    for edge in edges:
+        pred_end = end.get(edge.pred)
+        if pred_end is None:
+            return None
+        if edge.latency_of is not None:
+            pred_end += costs.unit(*edge.latency_of).comm
+        ready = max(ready, pred_end)
+    return ready
 
 
 def _boundary(

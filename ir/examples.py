@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ir.actions import Action, Op
 from ir.costs import Costs
-from ir.deps import ProgramIndex, dependencies
+from ir.deps import ProgramIndex, dependencies, ready_time
 from ir.placement import Placement
 from ir.schedule import Schedule
 
@@ -68,10 +68,10 @@ def greedy(
             r = placement.rank_of(a.stage)
             if a.op is Op.F and a.stage == first_stage[r] and live[r] >= cap[r]:
                 continue
-            if any(e.pred not in end for e in deps[a]):
+            ready = ready_time(deps[a], end, costs)
+            if ready is None:
                 continue
-            ready = max([free[r]] + [end[e.pred] + (costs.unit(*e.latency_of).comm if e.latency_of else 0.0)
-                                     for e in deps[a]])
+            ready = max(ready, free[r])
             key = (ready, _PRIORITY[a.op], a.microbatch, -a.stage, -a.slice if a.op.is_backward_input else a.slice)
             if best is None or key < best[0]:
                 best = (key, a, r)

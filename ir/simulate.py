@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ir.actions import Action, Stream, parse_action
 from ir.costs import Costs
-from ir.deps import ProgramIndex, dependencies, memory_effects
+from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
 from ir.errors import ScheduleError, Violation
 from ir.schedule import Schedule
 
@@ -139,7 +139,7 @@ def run_timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex) -> Timeline
         for r, prog in enumerate(schedule.ranks):
             while head[r] < len(prog):
                 action = prog[head[r]]
-                ready = _ready_time(action, deps[action], end, costs)
+                ready = ready_time(deps[action], end, costs)
                 if ready is None:
                     break
                 stream = action.op.stream
@@ -159,18 +159,6 @@ def run_timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex) -> Timeline
             raise ScheduleError(stuck)
     flat = tuple(span for rank_spans in spans for span in rank_spans)
     return _timeline(schedule, costs, ix, flat)
-
-
-def _ready_time(action: Action, edges, end: dict[Action, float], costs: Costs) -> float | None:
-    ready = 0.0
-    for edge in edges:
-        pred_end = end.get(edge.pred)
-        if pred_end is None:
-            return None
-        if edge.latency_of is not None:
-            pred_end += costs.unit(*edge.latency_of).comm
-        ready = max(ready, pred_end)
-    return ready
 
 
 def _timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex, spans: tuple[Span, ...]) -> Timeline:
