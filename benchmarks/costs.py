@@ -17,20 +17,11 @@ from ir import Placement, simulate  # noqa: E402
 from synth.baselines import build  # noqa: E402
 from synth.costs import PRESETS, build_problem, hardware, preset, total_params  # noqa: E402
 from synth.costs.formulas import attention_pairs, block_params, layer_work  # noqa: E402
+from synth.costs.report import describe, stage_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "costs.md"
-GiB, MiB = 2**30, 2**20
+GiB = 2**30
 P, M = 8, 16
-
-
-def stage_table(problem) -> list[str]:
-    rows = ["| stage | layers | F ms | B ms | W ms | act GiB | wact GiB | inp MiB | comm ms | static GiB |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for s, row in enumerate(problem.costs.units):
-        u = row[0]
-        rows.append(f"| {s} | {problem.layers_per_stage[s]} | {u.f:.2f} | {u.b:.2f} | {u.w:.2f} | {u.act / GiB:.3f} "
-                    f"| {u.wact / GiB:.3f} | {u.inp / MiB:.2f} | {u.comm:.3f} | {problem.costs.static[s] / GiB:.2f} |")
-    return rows
 
 
 def hand_check(spec, hw) -> list[str]:
@@ -67,12 +58,11 @@ def main() -> None:
         "# Cost model: llama2-13b on 8 x A100-40GB",
         "",
         f"Made by `benchmarks/costs.py` (Python {platform.python_version()}, {platform.machine()}); pure "
-        "arithmetic, no solver, no timing. Model: llama2-13b (40 layers, h 5120, 40 heads, ffn 13824, vocab 32000), "
-        f"seq {spec.seq_len}, micro-batch {spec.micro_batch}, bf16, fused attention, no dropout. GPU: a100-40gb "
-        f"({hw.peak_flops / 1e12:.0f} TFLOP/s bf16 peak, assumed efficiency {hw.efficiency}, "
-        f"{hw.memory / GiB:.0f} GiB, NVLink {hw.p2p_bandwidth / 1e9:.0f} GB/s, "
-        f"host {hw.host_bandwidth / 1e9:.1f} GB/s). "
-        f"Balanced partition (here the even one: a 32k head weighs less than a block). {M} microbatches.",
+        "arithmetic, no solver, no timing. No dropout; NVLink "
+        f"{hw.p2p_bandwidth / 1e9:.0f} GB/s, host link {hw.host_bandwidth / 1e9:.1f} GB/s. The balanced partition "
+        "is the even one here: a 32k-vocabulary head weighs less than a block.",
+        "",
+        describe(problem),
         "",
         *stage_table(problem),
         "",

@@ -40,7 +40,9 @@ With GPT's shapes (q = kv = h, f = 4h, dropout, e = 2, no fused attention) this 
 
 ``wact``, what W still needs once B is done: every linear layer's input and its output gradient
 (the ZB implementation's WeightGradStore keeps both pairs), capped at ``act`` because the IR's
-memory model frees at B and W only and never grows at B.
+memory model frees at B and W only and never grows at B. With GPT's shapes and a fused kernel
+that is 14 sbh of inputs plus 18 sbh of output gradients, 32 sbh: the W memory the ZB paper's
+Table 1 lists (as we recall it; the table was not in our reference corpora).
 """
 
 from __future__ import annotations

@@ -1,0 +1,42 @@
+"""Tables of a `Problem`'s costs, as `synth costs` prints them and benchmarks/costs.py records them."""
+
+from __future__ import annotations
+
+from synth.costs.problem import Problem
+
+__all__ = ["describe", "stage_table"]
+
+GiB, MiB = 2**30, 2**20
+
+
+def describe(problem: Problem) -> str:
+    """One paragraph: model, microbatch shape, GPU and how the layers were cut."""
+    spec, hw = problem.spec, problem.hardware
+    kv = f" ({spec.n_kv_heads} kv)" if spec.n_kv_heads != spec.heads else ""
+    return (
+        f"{spec.name}: {spec.layers} layers, h {spec.hidden}, {spec.heads} heads{kv}, ffn {spec.ffn}"
+        f"{' gated' if spec.gated else ''}, vocab {spec.vocab}; seq {spec.seq_len}, micro-batch {spec.micro_batch}, "
+        f"{spec.dtype}, {'fused' if spec.flash_attention else 'plain'} attention. "
+        f"GPU {hw.name}: {hw.peak_flops / 1e12:.0f} TFLOP/s peak x efficiency {hw.efficiency:g}, "
+        f"{hw.memory / GiB:.1f} GiB. {problem.p} ranks, {problem.placement.num_stages} stages "
+        f"({problem.placement.kind.value}), layers per stage {list(problem.layers_per_stage)}, "
+        f"{problem.k} slice(s), {problem.m} microbatches."
+    )
+
+
+def stage_table(problem: Problem) -> list[str]:
+    """A markdown table, one row per stage and slice: pass times (ms), bytes, comm, static memory."""
+    k = problem.k
+    rows = [("| stage | slice | " if k > 1 else "| stage | ")
+            + "layers | F ms | B ms | W ms | act GiB | wact GiB | inp MiB | comm ms | offload ms | static GiB (rank) |",
+            "| ---: | " + ("---: | " if k > 1 else "") + "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+            "---: | ---: |"]
+    for s, row in enumerate(problem.costs.units):
+        rank = problem.placement.rank_of(s)
+        for j, u in enumerate(row):
+            copy = u.act / problem.costs.copy_bandwidth
+            rows.append(f"| {s} | " + (f"{j} | " if k > 1 else "")
+                        + f"{problem.layers_per_stage[s]} | {u.f:.2f} | {u.b:.2f} | {u.w:.2f} | {u.act / GiB:.3f} | "
+                        f"{u.wact / GiB:.3f} | {u.inp / MiB:.2f} | {u.comm:.3f} | {copy:.1f} | "
+                        f"{problem.costs.static[rank] / GiB:.2f} ({rank}) |")
+    return rows
