@@ -1,0 +1,63 @@
+"""The shared problem options and the stage table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from synth.costs import CostModelError, total_params
+from synth.costs.args import add_problem_arguments, placement_for, problem_from_args, resolve_model
+from synth.costs.report import describe, stage_table
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_problem_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_build_llama2_13b_on_eight_a100s():
+    problem = problem_from_args(_parse())
+    assert problem.spec.name == "llama2-13b" and problem.hardware.name == "a100-40gb"
+    assert problem.p == 8 and problem.m == 32 and problem.k == 1
+
+
+def test_options_reach_the_problem():
+    problem = problem_from_args(_parse("--model", "llama3-8b", "--gpu", "h100-80gb", "-p", "4", "--placement", "v",
+                                       "--seq-len", "2048", "--micro-batch-size", "2", "-m", "8", "-k", "2",
+                                       "--efficiency", "0.4", "--dp", "2", "--zero1", "--reserved", "1GiB"),
+                                mem_cap=7e10)
+    assert problem.placement.num_stages == 8 and problem.spec.seq_len == 2048 and problem.spec.micro_batch == 2
+    assert problem.hardware.efficiency == 0.4 and problem.training.zero1 and problem.training.reserved == 2**30
+    assert problem.k == 2 and problem.m == 8 and problem.mem_cap == 7e10
+
+
+def test_model_may_be_a_config_json(tmp_path):
+    config = {"model_type": "llama", "num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8,
+              "intermediate_size": 1376, "vocab_size": 1000, "max_position_embeddings": 2048}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    spec = resolve_model(str(path), seq_len=1024, micro_batch=None, dtype="fp16")
+    assert spec.seq_len == 1024 and spec.micro_batch == 1 and spec.dtype == "fp16"
+    assert total_params(spec) == 8 * (4 * 512**2 + 3 * 512 * 1376 + 2 * 512) + 2 * 1000 * 512 + 512
+
+
+def test_bad_model_and_placement_names():
+    with pytest.raises(CostModelError, match="unknown model 'gpt-5'.*config.json"):
+        resolve_model("gpt-5")
+    with pytest.raises(CostModelError, match="unknown placement"):
+        placement_for("zigzag", 4)
+    with pytest.raises(SystemExit):
+        _parse("--stages", "0")
+    with pytest.raises(SystemExit):
+        _parse("--reserved", "lots")
+
+
+def test_stage_table_has_a_row_per_stage_and_slice():
+    problem = problem_from_args(_parse("-p", "4", "-k", "2", "--model", "gpt-1.5b"))
+    table = stage_table(problem)
+    assert len(table) == 2 + 4 * 2
+    assert table[0].startswith("| stage | slice |")
+    assert "gpt-1.5b: 22 layers" in describe(problem)
