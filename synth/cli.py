@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ir import ScheduleError, simulate
 from synth.baselines.common import even_split_costs
+from synth.costs.args import add_problem_arguments
 
 
 def _load(args: argparse.Namespace):
@@ -53,6 +54,14 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _costs(args: argparse.Namespace) -> int:
+    from synth.costs.args import problem_from_args
+    from synth.costs.report import costs_report
+
+    print(costs_report(problem_from_args(args)))
+    return 0
+
+
 def _list_baselines() -> int:
     from synth.baselines import BASELINES
 
@@ -78,17 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--plot", type=Path, help="write a Gantt PNG here")
     show.add_argument("--trace", type=Path, help="write a Chrome trace JSON here")
     show.add_argument("--force", action="store_true", help="overwrite existing output files")
+    costs = sub.add_parser("costs", help="per-stage times and memory of a model on a GPU (the cost model)")
+    add_problem_arguments(costs)
     args = parser.parse_args(argv)
     if args.command == "baselines":
         return _list_baselines()
-    if args.command != "show":
+    if args.command not in ("show", "costs"):
         print("synth: schedule synthesis (synth --mem-cap ... --stages ...) is not built yet; "
-              "available now: 'synth baselines', 'synth show'. The IR demo is 'python -m ir'.", file=sys.stderr)
+              "available now: 'synth baselines', 'synth show', 'synth costs'. The IR demo is 'python -m ir'.",
+              file=sys.stderr)
         return 2
     try:
-        return _show(args)
+        return _show(args) if args.command == "show" else _costs(args)
     except (ScheduleError, ValueError, OSError) as err:
-        print(f"synth show: {err}", file=sys.stderr)
+        print(f"synth {args.command}: {err}", file=sys.stderr)
         return 1
 
 

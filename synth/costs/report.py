@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from synth.costs.problem import Problem
 
-__all__ = ["describe", "stage_table"]
+__all__ = ["costs_report", "describe", "stage_table"]
 
 GiB, MiB = 2**30, 2**20
 
@@ -40,3 +40,26 @@ def stage_table(problem: Problem) -> list[str]:
                         f"{u.wact / GiB:.3f} | {u.inp / MiB:.2f} | {u.comm:.3f} | {copy:.1f} | "
                         f"{problem.costs.static[rank] / GiB:.2f} ({rank}) |")
     return rows
+
+
+def costs_report(problem: Problem) -> str:
+    """What `synth costs` prints: the description, the stage table, totals, and 1F1B on these costs
+    (for placements where 1F1B applies) so a reader sees whether memory binds."""
+    from ir import simulate
+    from synth.costs.formulas import total_params
+
+    hw = problem.hardware
+    lines = [describe(problem), "", *stage_table(problem), "",
+             f"parameters {total_params(problem.spec):,}; model FLOPs per microbatch {problem.model_flops:.4e}; "
+             f"static memory per rank (GiB): " + ", ".join(f"{x / GiB:.2f}" for x in problem.costs.static)]
+    if problem.placement.kind.value == "standard":
+        from synth.baselines import build
+
+        timeline = simulate(build("1f1b", problem.p, problem.m), problem.costs)
+        over = [r for r, peak in enumerate(timeline.peak) if peak > hw.memory]
+        lines.append(f"1F1B on these costs: makespan {timeline.makespan:.1f} ms, bubble {timeline.bubble_ratio:.3f}, "
+                     f"{problem.throughput(timeline.makespan).summary()}; peak per rank (GiB) "
+                     + ", ".join(f"{x / GiB:.1f}" for x in timeline.peak)
+                     + (f"; ranks {over} exceed the {hw.memory / GiB:.1f} GiB of a {hw.name}" if over
+                        else f"; fits the {hw.memory / GiB:.1f} GiB of a {hw.name}"))
+    return "\n".join(lines)

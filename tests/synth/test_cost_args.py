@@ -61,3 +61,17 @@ def test_stage_table_has_a_row_per_stage_and_slice():
     assert len(table) == 2 + 4 * 2
     assert table[0].startswith("| stage | slice |")
     assert "gpt-1.5b: 22 layers" in describe(problem)
+
+
+def test_synth_costs_command(capsys):
+    from synth.cli import main
+
+    assert main(["costs", "--model", "llama2-13b", "-p", "8", "-m", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "layers per stage [5, 5, 5, 5, 5, 5, 5, 5]" in out and "| 7 | 5 |" in out
+    # 1F1B needs static + 8 act on rank 0, over the 40 GiB of an A100-40GB (benchmarks/results/costs.md).
+    assert "ranks [0, 1, 2, 3] exceed the 40.0 GiB of a a100-40gb" in out
+    assert main(["costs", "--model", "nope"]) == 1
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["costs", "--model", "llama2-13b", "-p", "6", "--partition", "even"]) == 1
+    assert "do not split evenly over 6 stages" in capsys.readouterr().err

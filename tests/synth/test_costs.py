@@ -177,5 +177,5 @@ def test_spec_is_frozen_and_with_revalidates():
     with pytest.raises(AttributeError):
         spec.layers = 3  # type: ignore[misc]
     assert spec.with_(seq_len=8192).seq_len == 8192
-    assert spec.with_(hidden=2048, heads=16).d_head == 128  # derived widths follow the new shape
+    assert preset("llama3-8b").with_(hidden=2048, heads=16).d_head == 128  # derived widths follow the shape
     assert isinstance(spec, TransformerSpec) and spec.kv_dim == spec.q_dim == 4096
