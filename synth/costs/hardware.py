@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from synth.costs.spec import CostModelError
+from synth.costs.spec import CostModelError, pick
 
 __all__ = ["HARDWARE", "Hardware", "hardware"]
 
@@ -111,8 +111,4 @@ def hardware(name: str, **changes: Any) -> Hardware:
     Raises:
         CostModelError: unknown name (the message lists the presets).
     """
-    try:
-        hw = HARDWARE[name]
-    except KeyError:
-        raise CostModelError(f"unknown GPU {name!r}; presets: {', '.join(HARDWARE)}") from None
-    return hw.with_(**changes) if changes else hw
+    return pick(HARDWARE, name, "GPU", changes)

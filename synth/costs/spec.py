@@ -178,12 +178,17 @@ def preset(name: str, **changes: Any) -> TransformerSpec:
     Raises:
         CostModelError: unknown name (the message lists the presets).
     """
+    return pick(PRESETS, name, "model", changes, hint="; or give a path to a Hugging Face config.json")
+
+
+def pick(table: dict[str, Any], name: str, what: str, changes: dict[str, Any], hint: str = "") -> Any:
+    """``table[name]``, with ``changes`` applied through its ``with_``; an unknown name raises
+    `CostModelError` listing the table's names."""
     try:
-        spec = PRESETS[name]
+        entry = table[name]
     except KeyError:
-        raise CostModelError(f"unknown model {name!r}; presets: {', '.join(PRESETS)}; "
-                             "or give a path to a Hugging Face config.json") from None
-    return spec.with_(**changes) if changes else spec
+        raise CostModelError(f"unknown {what} {name!r}; presets: {', '.join(table)}{hint}") from None
+    return entry.with_(**changes) if changes else entry
 
 
 # Hugging Face field names. Llama, Mistral, Qwen2/3 and most newer decoders share the first set;
