@@ -72,6 +72,13 @@ def _list_baselines() -> int:
     return 0
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``synth run``'s arguments; the command itself lives in ``backends.torch_exec.cli`` (imports torch)."""
+    from backends.torch_exec.cli import add_run_arguments
+
+    add_run_arguments(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synth", description="pipesynth: pipeline schedules, checked and simulated.")
     sub = parser.add_subparsers(dest="command")
@@ -89,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--force", action="store_true", help="overwrite existing output files")
     costs = sub.add_parser("costs", help="per-stage times and memory of a model on a GPU (the cost model)")
     add_problem_arguments(costs)
+    run = sub.add_parser("run", help="run a schedule on a real model with torch.distributed (one process per rank)")
+    _add_run_arguments(run)
     args = parser.parse_args(argv)
     if args.command == "baselines":
         return _list_baselines()
+    if args.command == "run":
+        from backends.torch_exec.cli import run_command
+
+        return run_command(args)
     if args.command not in ("show", "costs"):
         print("synth: schedule synthesis (synth --mem-cap ... --stages ...) is not built yet; "
               "available now: 'synth baselines', 'synth show', 'synth costs'. The IR demo is 'python -m ir'.",

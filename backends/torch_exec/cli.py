@@ -1,0 +1,166 @@
+"""``synth run``: run a schedule on a real model, one process per rank, and report what was measured.
+
+``synth run schedule.json --model tiny-gpt --steps N [--nproc P]`` starts P local processes
+(gloo on CPU, or NCCL with ``--device cuda``), or, when torchrun started it, runs as torchrun's
+rank. It prints the loss and step time of every step and each rank's peak saved-activation
+bytes (and ``torch.cuda.max_memory_allocated`` on CUDA); ``--trace FILE`` writes a Chrome trace
+of the last step of the real run, laid out like ``synth show --trace``'s simulated one.
+``synth/cli.py`` only declares the subcommand; everything else is here. Torch is imported only
+when the command runs, so declaring it keeps ``synth show`` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ir import Schedule, ScheduleError
+from ir.files import check_writable
+
+__all__ = ["add_run_arguments", "run_command"]
+
+_GPT_OPTIONS = ("layers", "hidden", "heads", "seq_len", "vocab", "dropout")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``synth run``'s arguments on ``parser``."""
+    parser.add_argument("file", type=Path, nargs="?", help="a saved schedule (.json or torch .csv)")
+    parser.add_argument("--baseline", help="build this library schedule instead of reading a file")
+    parser.add_argument("-p", "--ranks", type=int, default=2, help="ranks, with --baseline (default 2)")
+    parser.add_argument("-m", "--microbatches", type=int, default=4, help="microbatches, with --baseline (default 4)")
+    parser.add_argument("--model", default="tiny-gpt", help="model to run (default tiny-gpt, a small causal GPT)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
+    parser.add_argument("--nproc", type=int, help="processes to start (default and only allowed value: the "
+                        "schedule's ranks); ignored under torchrun")
+    parser.add_argument("--batch-size", type=int, help="sequences per step (default 2 per microbatch)")
+    parser.add_argument("--layers", type=int, help="tiny-gpt blocks (default: one per stage)")
+    parser.add_argument("--hidden", type=int, help="tiny-gpt width (default 32)")
+    parser.add_argument("--heads", type=int, help="tiny-gpt attention heads (default 2)")
+    parser.add_argument("--seq-len", type=int, help="tiny-gpt tokens per sequence (default 16)")
+    parser.add_argument("--vocab", type=int, help="tiny-gpt vocabulary (default 64)")
+    parser.add_argument("--dropout", type=float, help="tiny-gpt dropout (default 0)")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
+    parser.add_argument("--seed", type=int, default=0, help="dropout seed base (default 0)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (gloo) or cuda (NCCL, one GPU per rank); default cpu")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may take (default 60)")
+    parser.add_argument("--trace", type=Path, help="write a Chrome trace of the last step's real run here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --trace file")
+
+
+def _load(args: argparse.Namespace) -> tuple[Schedule, str]:
+    if args.baseline:
+        from synth.baselines import build
+
+        return build(args.baseline, args.ranks, args.microbatches), args.baseline
+    if args.file is None:
+        raise ValueError("give a schedule FILE (.json or torch .csv) or --baseline NAME")
+    if not args.file.is_file():
+        raise ValueError(f"{args.file}: no such file")
+    from ir.jsonio import load
+    from ir.torch_csv import read_torch_csv
+
+    schedule = read_torch_csv(args.file) if args.file.suffix.lower() == ".csv" else load(args.file)
+    return schedule, str(args.file)
+
+
+def _model(args: argparse.Namespace, schedule: Schedule) -> Any:
+    from backends.torch_exec.model import model_spec
+
+    options = {name: getattr(args, name) for name in _GPT_OPTIONS if getattr(args, name) is not None}
+    if args.model == "tiny-gpt":
+        options.setdefault("layers", schedule.num_stages)
+    elif options:
+        raise ValueError(f"--{', --'.join(options)} only apply to tiny-gpt")
+    return model_spec(args.model, **options)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``synth run``; returns the exit code (errors are printed, never raised)."""
+    from backends.torch_exec.executor import ExecutorError, prepare_schedule
+    from backends.torch_exec.launch import RunFailed, torchrun_rank
+    from backends.torch_exec.worker import RunConfig
+
+    try:
+        schedule, label = _load(args)
+        spec = _model(args, schedule)
+        found = torchrun_rank()
+        under_torchrun = found is not None
+        nproc = found[1] if under_torchrun else schedule.p if args.nproc is None else args.nproc
+        batch = args.batch_size or 2 * schedule.m
+        prepare_schedule(schedule, spec, world_size=nproc, batch_size=batch)
+        if args.trace is not None:
+            check_writable(args.trace, args.force)
+        cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, seed=args.seed, timeout=args.timeout,
+                        record_spans=args.trace is not None, device=args.device)
+        results = _run_torchrun(cfg) if under_torchrun else _run_local(cfg, nproc)
+    except (ExecutorError, ScheduleError, ValueError, OSError) as err:
+        print(f"synth run: {err}", file=sys.stderr)
+        return 1
+    except RunFailed as err:
+        print(f"synth run: {err}", file=sys.stderr)
+        return 1
+    if results is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
+    _report(label, cfg, results)
+    if args.trace is not None:
+        from backends.torch_exec.trace import write_run_trace
+
+        write_run_trace([r.steps[-1] for r in results], args.trace, overwrite=args.force, name=f"synth run {label}")
+        print(f"wrote {args.trace} (last step of the real run; `synth show ... --trace` draws the simulated one)")
+    return 0
+
+
+def _run_local(cfg: Any, nproc: int) -> list:
+    from backends.torch_exec.launch import spawn
+    from backends.torch_exec.worker import run_rank
+
+    return spawn(nproc, run_rank, cfg, device=cfg.device, timeout=cfg.timeout)
+
+
+def _run_torchrun(cfg: Any) -> list | None:
+    import torch.distributed as dist
+
+    from backends.torch_exec.launch import init_from_env
+    from backends.torch_exec.worker import run_rank
+
+    rank, world_size, device = init_from_env(cfg.device, cfg.timeout)
+    try:
+        result = run_rank(cfg, rank=rank, world_size=world_size, device=device)
+        gathered = [None] * world_size if rank == 0 else None
+        dist.gather_object(result, gathered, dst=0)
+    finally:
+        dist.destroy_process_group()
+    return gathered
+
+
+def _report(label: str, cfg: Any, results: list) -> None:
+    schedule, spec = cfg.schedule, cfg.model
+    params = sum(p.numel() for layer in spec.build_layers() for p in layer.parameters())
+    print(f"{label}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "
+          f"placement={schedule.placement.kind.value}")
+    print(f"model {spec.name}, batch {cfg.batch_size}, {cfg.steps} step(s), SGD lr {cfg.lr:g}, "
+          f"{'NCCL on cuda' if cfg.device == 'cuda' else 'gloo on cpu'}, {schedule.p} process(es), "
+          f"{params} parameters")
+    print("step  loss       time ms")
+    for n in range(cfg.steps):
+        steps = [r.steps[n] for r in results]
+        loss = next((s.loss for s in steps if s.loss is not None), float("nan"))
+        print(f"{n:>4}  {loss:<9.6f}  {max(s.seconds for s in steps) * 1e3:9.2f}")
+    print("rank  stages      peak saved activations" + ("  cuda max allocated" if cfg.device == "cuda" else ""))
+    for r in results:
+        peak = max(s.peak_bytes for s in r.steps)
+        line = f"{r.rank:>4}  {','.join(map(str, r.stages)):<10}  {_bytes(peak):>22}"
+        if cfg.device == "cuda":
+            line += f"  {_bytes(max(s.cuda_peak_bytes or 0 for s in r.steps)):>19}"
+        print(line)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,278 @@
+"""The compute of one unit's passes on one stage (F, R, B, W, BW, OFFLOAD, RELOAD), without comms.
+
+`StageRunner` owns one `StageModule` and runs the passes DESIGN.md's op table names on a `Unit`
+(one ``(stage, microbatch, slice)``): F keeps what autograd saved (through
+``backends.torch_exec.memory``), or only the stage input when the unit will be recomputed; R
+re-runs that forward with the same RNG seed; B produces the stage-input gradient with the graph
+retained and frees what W does not need; W the weight gradients; BW both. The executor
+(``backends.torch_exec.executor``) decides when, and moves boundary tensors between ranks; the
+profiler (``backends.torch_exec.profile``) times the same passes in one process.
+
+Sequence slices: the slices of one microbatch on one stage share a `KVChain`. A slice's
+attention reads the earlier slices' keys and values as leaves of its own graph, so its B returns
+their gradients, which the chain adds up until the earlier slice's B (slices go backward in
+reverse order) starts from them, next to the gradient of its output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from backends.torch_exec.backward import WeightWork, backward_full, backward_input, backward_weight
+from backends.torch_exec.memory import Copier, MemoryTracker, UnitMemory
+from backends.torch_exec.model import SliceIO
+from backends.torch_exec.stages import StageModule
+
+__all__ = ["KVChain", "StageRunner", "Unit", "WeightPlan", "unit_seed"]
+
+
+def unit_seed(seed: int, step: int, stage: int, microbatch: int, slice_: int) -> int:
+    """The RNG seed of one unit's forward: the same for its F and R, and for a reference run."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{stage}/{microbatch}/{slice_}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass(slots=True)
+class KVChain:
+    """Keys and values of one microbatch's slices on one stage, and the gradients they collect.
+
+    ``presents[j][n]`` is slice j's ``(key, value)`` in the stage's n-th slice-aware layer,
+    detached (None for a layer without K/V, such as the embedding); ``grads[j]`` maps
+    ``(n, 0 or 1)`` to the gradient later slices sent back to that key or value.
+    """
+
+    presents: dict[int, list[tuple[Tensor, Tensor] | None]] = field(default_factory=dict)
+    grads: dict[int, dict[tuple[int, int], Tensor]] = field(default_factory=dict)
+
+    def add_grad(self, slice_: int, slot: tuple[int, int], grad: Tensor | None) -> None:
+        if grad is None:
+            return
+        grads = self.grads.setdefault(slice_, {})
+        grads[slot] = grad if slot not in grads else grads[slot] + grad
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """The state of one unit between its passes.
+
+    Attributes:
+        x: the stage input as it arrived (token ids on the first stage); a recomputed unit
+            keeps it until B.
+        target: the loss target (last stage only).
+        recompute: F keeps only ``x``; R rebuilds the graph just before B.
+        split: the unit's backward is B then W (not BW); on the first stage, F then cuts the
+            graph after the first layer (``StageModule.run``), which a fused backward does not need.
+        roots: what B starts from: the output (or the loss), then this slice's K/V if later
+            slices read them.
+        inputs: what B differentiates: the stage input leaf (the first layer's output on the
+            first stage), then the earlier slices' K/V leaves.
+    """
+
+    stage: int
+    microbatch: int
+    slice: int
+    memory: UnitMemory
+    x: Tensor
+    target: Tensor | None
+    seed: int
+    recompute: bool = False
+    chain: KVChain | None = None
+    split: bool = True
+    roots: list[Tensor] = field(default_factory=list)
+    inputs: list[Tensor] = field(default_factory=list)
+    root_slots: list[tuple[int, int]] = field(default_factory=list)  # (layer, k or v) of roots[1:]
+    input_slots: list[tuple[int, int, int]] = field(default_factory=list)  # (slice, layer, k or v) of inputs[1:]
+    work: WeightWork | None = None
+    loss: Tensor | None = None
+    first: Tensor | None = None  # first stage: its first layer's output, which W finishes from
+    first_grad: Tensor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WeightPlan:
+    """Which saved tensors W reads, by the order the forward saved them (learnt by a probe)."""
+
+    count: int
+    keep: frozenset[int]
+
+
+class StageRunner:
+    """Runs the passes of one stage's units.
+
+    Args:
+        module: the stage.
+        loss_fn: ``loss_fn(output, target)``, mean loss of one unit (last stage only).
+        loss_scale: multiplies each unit's loss (``1 / (m k)``: the step's loss is a mean).
+        k: sequence slices per microbatch.
+        seq_dim: the dim of stage inputs that slices cut (only used when k > 1).
+        tracker, copier: memory accounting and host copies of the rank.
+    """
+
+    def __init__(self, module: StageModule, loss_fn: Callable[[Tensor, Tensor], Tensor], loss_scale: float,
+                 k: int, tracker: MemoryTracker, copier: Copier, seq_dim: int | None = None) -> None:
+        self.module = module
+        self.seq_dim = seq_dim
+        self.loss_fn = loss_fn
+        self.loss_scale = loss_scale
+        self.k = k
+        self.tracker = tracker
+        self.copier = copier
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self._weights = frozenset(t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers()))
+        self.plans: dict[int, WeightPlan] = {}
+        device = copier.device
+        self._generator = (torch.cuda.default_generators[device.index or 0] if device.type == "cuda"
+                           else torch.default_generator)
+
+    def new_unit(self, microbatch: int, slice_: int, x: Tensor, target: Tensor | None, seed: int,
+                 *, recompute: bool = False, chain: KVChain | None = None, split: bool = True) -> Unit:
+        label = f"({self.module.index},{microbatch},{slice_})"
+        memory = UnitMemory(self.tracker, self._weights, label)
+        return Unit(self.module.index, microbatch, slice_, memory, x, target, seed, recompute, chain, split=split)
+
+    # ------------------------------------------------------------------ forward passes
+
+    def forward(self, unit: Unit) -> Tensor:
+        """F: the unit's output (detached, to pass on) or, on the last stage, its scaled loss.
+        A unit to be recomputed runs without a graph and keeps only its input."""
+        if not unit.recompute:
+            return self._forward_with_graph(unit)
+        unit.memory.keep_input(unit.x)
+        slices = self._slice_io(unit, leaves=False)
+        self._seed(unit)
+        with torch.no_grad():
+            out, _, _ = self.module.run(unit.x, slices)
+            if self.module.is_last:
+                unit.loss = self.loss_fn(out, unit.target) * self.loss_scale
+        self._store_presents(unit, slices)
+        return unit.loss if self.module.is_last else out
+
+    def recompute(self, unit: Unit) -> None:
+        """R: rebuild the graph of a unit whose F kept only its input (same seed, so the same dropout)."""
+        self._forward_with_graph(unit)
+
+    def _forward_with_graph(self, unit: Unit) -> Tensor:
+        first_stage = self.module.is_first
+        cut = first_stage and unit.split
+        inp = unit.x if first_stage else unit.x.detach().requires_grad_()
+        slices = self._slice_io(unit, leaves=True)
+        self._seed(unit)
+        with unit.memory.hooks():
+            out, unit.first, leaf = self.module.run(inp, slices, cut=cut)
+            if self.module.is_last:
+                unit.loss = self.loss_fn(out, unit.target) * self.loss_scale
+        if first_stage and slices and slices[0].present is not None:
+            raise ValueError("the model's first layer carries keys/values across slices; the first stage's first "
+                             "layer must not (its backward runs in W), so put an embedding first")
+        unit.roots = [unit.loss if self.module.is_last else out]
+        unit.inputs = [leaf if cut else inp]
+        if slices is not None:
+            unit.input_slots = [(j, n, kv) for n, sl in enumerate(slices) if sl.past
+                                for j in range(unit.slice) for kv in (0, 1)]
+            unit.inputs += [slices[n].past[j][kv] for j, n, kv in unit.input_slots]
+            if unit.slice < self.k - 1:  # later slices read this slice's K/V: B starts from them too
+                unit.root_slots = [(n, kv) for n, sl in enumerate(slices) if sl.present is not None for kv in (0, 1)]
+                unit.roots += [slices[n].present[kv] for n, kv in unit.root_slots]
+            self._store_presents(unit, slices)
+        return unit.loss if self.module.is_last else out.detach()
+
+    def _slice_io(self, unit: Unit, *, leaves: bool) -> list[SliceIO] | None:
+        """One `SliceIO` per slice-aware layer: the slice's offset and the earlier slices' K/V
+        (as fresh leaves when the forward builds a graph, so that B returns their gradients)."""
+        if self.k == 1:
+            return None
+        out = []
+        for n in range(self.module.num_slice_layers):
+            past = []
+            for j in range(unit.slice):
+                kv = unit.chain.presents[j][n]
+                if kv is None:
+                    continue
+                past.append(tuple(t.detach().requires_grad_() for t in kv) if leaves else kv)
+            out.append(SliceIO(unit.slice * unit.x.shape[self.seq_dim], past))
+        return out
+
+    def _store_presents(self, unit: Unit, slices: list[SliceIO] | None) -> None:
+        if slices is not None and unit.slice < self.k - 1:
+            unit.chain.presents[unit.slice] = [
+                None if sl.present is None else (sl.present[0].detach(), sl.present[1].detach()) for sl in slices
+            ]
+
+    def _seed(self, unit: Unit) -> None:
+        if self.module.stochastic:
+            self._generator.manual_seed(unit.seed)
+
+    # ------------------------------------------------------------------ backward passes
+
+    def _root_grads(self, unit: Unit, grad_out: Tensor | None) -> list[Tensor | None]:
+        grads: list[Tensor | None] = [grad_out]
+        if unit.root_slots:
+            sent = unit.chain.grads.pop(unit.slice, {})
+            # a key or value no later slice reached (zero gradient) still needs a tensor to start from
+            grads += [sent.get(slot) if slot in sent else torch.zeros_like(root)
+                      for slot, root in zip(unit.root_slots, unit.roots[1:], strict=True)]
+        return grads
+
+    def backward_input(self, unit: Unit, grad_out: Tensor | None) -> Tensor | None:
+        """B: the stage-input gradient (None on the first stage); frees what W will not read."""
+        unit.memory.wait_reload()
+        grads, unit.work = backward_input(unit.roots, self._root_grads(unit, grad_out), unit.inputs, self.params)
+        self._pass_kv_grads(unit, grads)
+        if unit.first is not None:
+            unit.first_grad = grads[0]
+        plan = self.plans.get(unit.slice)
+        if plan is not None and plan.count == unit.memory.count:
+            unit.memory.release(plan.keep)
+        unit.memory.drop_input()
+        return self._input_grad(unit, grads)
+
+    def backward_weight(self, unit: Unit) -> None:
+        """W: weight gradients into ``param.grad``; frees the rest of the unit."""
+        backward_weight(unit.work)
+        unit.work = None
+        self._finish_first_layer(unit)
+        unit.memory.release()
+
+    def backward_full(self, unit: Unit, grad_out: Tensor | None) -> Tensor | None:
+        """BW: B and W in one pass; returns the stage-input gradient (None on the first stage)."""
+        unit.memory.wait_reload()
+        grads = backward_full(unit.roots, self._root_grads(unit, grad_out), unit.inputs)
+        self._pass_kv_grads(unit, grads)
+        if unit.first is not None:
+            unit.first_grad = grads[0]
+            self._finish_first_layer(unit)
+        unit.memory.release()
+        unit.memory.drop_input()
+        return self._input_grad(unit, grads)
+
+    def _finish_first_layer(self, unit: Unit) -> None:
+        """The first stage's first layer (its input is data): all of its backward is weight gradient."""
+        if unit.first is not None:
+            if unit.first_grad is not None and unit.first.grad_fn is not None:
+                torch.autograd.backward([unit.first], [unit.first_grad])
+            unit.first = unit.first_grad = None
+
+    def _pass_kv_grads(self, unit: Unit, grads: list[Tensor | None]) -> None:
+        for (j, n, kv), grad in zip(unit.input_slots, grads[1:], strict=True):
+            unit.chain.add_grad(j, (n, kv), grad)
+
+    def _input_grad(self, unit: Unit, grads: list[Tensor | None]) -> Tensor | None:
+        grad = None if self.module.is_first else grads[0]
+        unit.roots, unit.inputs, unit.root_slots, unit.input_slots = [], [], [], []
+        if unit.chain is not None:  # later slices, whose F and R read this K/V, are past their B
+            unit.chain.presents.pop(unit.slice, None)
+        return grad
+
+    # ------------------------------------------------------------------ copies
+
+    def offload(self, unit: Unit) -> None:
+        unit.memory.offload(self.copier)
+
+    def reload(self, unit: Unit) -> None:
+        unit.memory.reload(self.copier)
+

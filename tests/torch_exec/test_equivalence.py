@@ -1,0 +1,141 @@
+"""The core test: every schedule family, run by real ranks over gloo, gives the loss and every
+parameter gradient of a single-process run of the same model and batch.
+
+Expected values come from ``backends.torch_exec.reference`` (one process, one autograd graph,
+no pipeline, no saved-tensor hooks, no split backward). Tolerance: fp32, ``rtol=1e-5, atol=1e-6``
+on gradients whose largest entries are about 0.1-0.2; a pipeline adds a unit's gradients to
+``param.grad`` in its own order (and W adds per meeting node), so sums of up to m*k = 16 terms
+may round differently: a few ulps, measured at most 4e-8 here. Anything structurally wrong (a
+lost microbatch, a slice's K/V gradient dropped, a wrong dropout mask) is off by ~1e-3 or more:
+`test_a_different_batch_is_told_apart` checks that the comparison can fail.
+"""
+
+import pytest
+import torch
+
+from backends.torch_exec.model import tiny_gpt
+from backends.torch_exec.reference import reference_step
+from backends.torch_exec.worker import RunConfig, run_rank
+from ir import Op, verify
+from synth.baselines import build
+
+RTOL, ATOL = 1e-5, 1e-6
+
+# name -> build options per world size; every family of the library (seq1f1b-i needs k <= p)
+FAMILIES = {
+    "gpipe": {}, "1f1b": {}, "1f1b-recompute": {}, "interleaved": {}, "zb-h1": {}, "zb-h2": {}, "zb-v": {},
+    "v-half": {}, "v-min": {}, "hanayo": {}, "seq1f1b": {}, "seq1f1b-i": {2: {"k": 2}}, "dualpipev": {},
+    "po-h": {}, "po-f": {},
+}
+
+
+def _schedule(name: str, p: int):
+    return build(name, p, 2 * p, **FAMILIES[name].get(p, {}))
+
+
+def run_and_reference(group, schedule, *, dropout=0.0, per_unit=None, steps=1, lr=0.0, data_seed=0):
+    spec = tiny_gpt(layers=schedule.num_stages, dropout=dropout)
+    batch = 2 * schedule.m
+    cfg = RunConfig(schedule, spec, batch, steps=steps, lr=lr, keep_grads=True, keep_params=steps > 1,
+                    timeout=30.0)
+    results = group.run(run_rank, cfg)
+    ref = reference_step(spec, batch, num_stages=schedule.num_stages, m=schedule.m, k=schedule.k,
+                         per_unit=dropout > 0 if per_unit is None else per_unit, steps=steps, lr=lr,
+                         data_seed=data_seed)
+    return results, ref
+
+
+def merged(results, what="grads"):
+    out = {}
+    for r in results:
+        out.update(getattr(r, what))
+    return out
+
+
+def assert_equal_to_reference(results, ref):
+    losses = [s.loss for r in results for s in r.steps[:1] if s.loss is not None]
+    assert len(losses) == 1  # only the rank holding the last stage reports the loss
+    assert losses[0] == pytest.approx(ref.loss, rel=1e-6)
+    grads = merged(results)
+    assert set(grads) == set(ref.grads)  # every parameter lives on exactly one rank
+    for name, expected in ref.grads.items():
+        assert grads[name] is not None, f"{name} got no gradient"
+        torch.testing.assert_close(grads[name], expected, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_two_ranks_match_one_process(group2, name):
+    results, ref = run_and_reference(group2, _schedule(name, 2))
+    assert_equal_to_reference(results, ref)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_four_ranks_match_one_process(group4, name):
+    results, ref = run_and_reference(group4, _schedule(name, 4))
+    assert_equal_to_reference(results, ref)
+
+
+@pytest.mark.parametrize("name", ["1f1b-recompute", "zb-v", "seq1f1b", "po-f", "hanayo"])
+def test_dropout_matches_the_per_unit_reference(group2, name):
+    """Dropout 0.1: F and R (recompute) draw the same masks as the reference's per-unit seeds."""
+    results, ref = run_and_reference(group2, _schedule(name, 2), dropout=0.1)
+    assert_equal_to_reference(results, ref)
+    plain, _ = run_and_reference(group2, _schedule(name, 2), dropout=0.0, per_unit=True)
+    loss = next(s.loss for r in plain for s in r.steps if s.loss is not None)
+    assert abs(loss - ref.loss) > 1e-4  # dropout really changed the run
+
+
+def test_sequence_slices_match_the_whole_sequence(group4):
+    """Seq1F1B with k=4 against the reference that runs whole sequences in one causal attention."""
+    results, ref = run_and_reference(group4, build("seq1f1b", 4, 4, k=4), per_unit=False)
+    assert_equal_to_reference(results, ref)
+
+
+def test_three_sgd_steps_match(group2):
+    """Gradients are reset between steps and the update is the same: weights agree after 3 steps."""
+    results, ref = run_and_reference(group2, _schedule("zb-v", 2), steps=3, lr=0.1)
+    params = merged(results, "params")
+    assert set(params) == set(ref.params)
+    for name, expected in ref.params.items():
+        torch.testing.assert_close(params[name], expected, rtol=RTOL, atol=ATOL)
+    losses = [s.loss for r in results for s in r.steps if s.loss is not None]
+    assert losses[0] > losses[1] > losses[2]  # the same batch every step: training lowers its loss
+
+
+def test_a_different_batch_is_told_apart(group2):
+    """The comparison can fail: the reference of another batch differs by far more than the tolerance."""
+    results, ref = run_and_reference(group2, _schedule("zb-h1", 2), data_seed=1)
+    with pytest.raises(AssertionError):
+        assert_equal_to_reference(results, ref)
+
+
+def with_passes(schedule, stages, *, recompute: bool):
+    """``schedule`` with every unit of ``stages`` recomputed (R just before its B or BW) or offloaded
+    (OFFLOAD right after F, RELOAD just before the backward)."""
+    programs = []
+    for prog in schedule.ranks:
+        out = []
+        for a in prog:
+            backward = a.op in (Op.B, Op.BW) and a.stage in stages
+            if backward:
+                out.append(a.with_op(Op.R if recompute else Op.RELOAD))
+            out.append(a)
+            if a.op is Op.F and a.stage in stages and not recompute:
+                out.append(a.with_op(Op.OFFLOAD))
+        programs.append(out)
+    return schedule.with_programs(programs)
+
+
+@pytest.mark.parametrize("name, stages, recompute", [
+    ("zb-h1", {0, 1}, True),          # R with split B/W, including the first stage's cut
+    ("zb-v", {0, 3}, True),           # R on a V placement (both of rank 0's stages)
+    ("seq1f1b", {0}, True),           # R with sequence slices: K/V of earlier slices reused
+    ("interleaved", {1, 2}, False),   # OFFLOAD/RELOAD with fused backward
+    ("seq1f1b", {1}, False),          # offloaded slices
+])
+def test_recompute_and_offload_variants_match(group2, name, stages, recompute):
+    schedule = with_passes(_schedule(name, 2), stages, recompute=recompute)
+    verify(schedule)
+    assert schedule.ops_used() & {Op.R, Op.OFFLOAD}
+    results, ref = run_and_reference(group2, schedule, dropout=0.1)
+    assert_equal_to_reference(results, ref)
