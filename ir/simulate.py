@@ -185,14 +185,14 @@ def _timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex, spans: tuple[S
             curve.append((t, level))
             if level > top:
                 top, top_action = level, action
-        memory.append(_one_point_per_instant(curve))
+        memory.append(one_point_per_instant(curve))
         peak.append(top)
         peak_action.append(top_action)
     makespan = max((s.end for s in spans), default=0.0)
     return Timeline(spans, makespan, tuple(busy), tuple(copy_busy), tuple(memory), tuple(peak), tuple(peak_action))
 
 
-def _one_point_per_instant(curve: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+def one_point_per_instant(curve: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
     """Keep the last level at each instant (frees sort first, so it is also the highest there),
     then drop points that leave the level unchanged; the first point stays at time 0."""
     merged: list[tuple[float, float]] = []

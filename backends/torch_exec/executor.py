@@ -26,7 +26,7 @@ from backends.torch_exec.memory import MemoryTracker
 from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import KVChain, StageRunner, Unit, unit_seed
 from backends.torch_exec.stages import StageCountError, check_stage_count
-from ir import Action, Op, Schedule, ScheduleError, lower, verify
+from ir import Action, Op, Schedule, ScheduleError, lower
 
 __all__ = ["ExecutorError", "RankExecutor", "SpanRecord", "StepRecord", "prepare_schedule", "split_batch"]
 
@@ -43,8 +43,7 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
     stage count against the model's layers, sequence slices against the model, the batch against ``m``.
     """
     try:
-        verify(schedule)
-        lowered = schedule if schedule.is_lowered else lower(schedule)
+        lowered = lower(schedule)  # runs verify's structural rules (deadlock included) and raises on them
     except ScheduleError as exc:
         raise ExecutorError(f"refusing to run the schedule: {exc}") from None
     if world_size is not None and world_size != schedule.p:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from backends.torch_exec.executor import StepRecord
 from ir import Span, Stream, Timeline, parse_action
+from ir.simulate import one_point_per_instant
 from ir.trace import write_chrome_trace
 
 __all__ = ["measured_timeline", "write_run_trace"]
@@ -35,22 +36,12 @@ def measured_timeline(records: Sequence[StepRecord]) -> Timeline:
                 copy += span.end - span.start
         busy.append(compute)
         copy_busy.append(copy)
-        curve = _one_point_per_instant([(t * 1e3, float(level)) for t, level in record.memory])
+        curve = one_point_per_instant([(t * 1e3, float(level)) for t, level in record.memory])
         memory.append(curve)
         peak.append(float(record.peak_bytes))
     makespan = max((s.end for s in spans), default=0.0)
     return Timeline(tuple(spans), makespan, tuple(busy), tuple(copy_busy), tuple(memory), tuple(peak),
                     tuple(None for _ in records))
-
-
-def _one_point_per_instant(curve: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    out: list[tuple[float, float]] = []
-    for t, level in curve:
-        if out and out[-1][0] == t:
-            out[-1] = (t, level)
-        else:
-            out.append((t, level))
-    return tuple(out)
 
 
 def write_run_trace(records: Sequence[StepRecord], path: str | Path, *, overwrite: bool = False,
