@@ -1,11 +1,11 @@
 """The executor: one rank walks its lowered program, one handler per op.
 
-`prepare_schedule` checks a schedule before any compute (``ir.verify``, then ``ir.lower`` when it
-has no comm actions yet, and the stage count against the model). `RankExecutor` then runs one
-training step at a time: each action goes to the handler of its op (F, R, B, W, BW, OFFLOAD,
-RELOAD; runs of SEND/RECV go to the `Mailbox` as one batch) and nothing else decides the order;
-there is no schedule-specific loop. Boundary tensors between two stages on the same rank are
-handed over in memory.
+`prepare_schedule` checks a schedule before any compute (``ir.lower``, which applies
+``ir.verify``'s structural rules and adds comm actions when there are none yet, and the stage
+count against the model). `RankExecutor` then runs one training step at a time: each action goes
+to the handler of its op (F, R, B, W, BW, OFFLOAD, RELOAD; runs of SEND/RECV go to the `Mailbox`
+as one batch) and nothing else decides the order; there is no schedule-specific loop. Boundary
+tensors between two stages on the same rank are handed over in memory.
 
 Per step it records each action's start and end (``backends.torch_exec.trace`` turns them into a
 Chrome trace), the loss (on the rank holding the last stage: the sum of the units' scaled losses,
