@@ -1,10 +1,10 @@
 """The ``synth`` command.
 
-Today it has two subcommands: ``synth baselines`` lists the schedule library, and
-``synth show FILE`` (or ``synth show --baseline NAME -p P -m M``) verifies and simulates a
-schedule with uniform per-full-stage costs, prints its summary, and optionally draws it.
-Synthesis itself (``synth --mem-cap 40GB --stages 8``) arrives with the building-block
-synthesizer; until then the command says so instead of guessing.
+``synth [options]`` synthesizes the fastest schedule that fits a memory cap (``synth.main``);
+``synth compare`` lists every candidate; ``synth baselines`` lists the schedule library;
+``synth show FILE`` (or ``--baseline NAME -p P -m M``) verifies and simulates a schedule with
+uniform per-full-stage costs, prints its summary, and optionally draws it; ``synth costs``
+prints the cost model's table; ``synth run`` executes a schedule with torch.distributed.
 """
 
 from __future__ import annotations
@@ -79,7 +79,27 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
+SUBCOMMANDS = ("baselines", "show", "costs", "compare", "run")
+
+
+def _synth_parser() -> argparse.ArgumentParser:
+    from synth.main import add_synth_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="synth",
+        description="pipesynth: the fastest pipeline schedule that fits a memory cap, synthesized by an "
+                    "integer program and checked against every hand-designed schedule. Other commands: "
+                    + ", ".join(f"'synth {c}'" for c in SUBCOMMANDS) + " (each has --help).",
+        epilog="example: synth --mem-cap 40GB --stages 8 (llama2-13b, A100-40GB, seq 4096, 32 microbatches)")
+    add_synth_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        args = _synth_parser().parse_args(argv)
+        return _guarded("synth", lambda: __import__("synth.main").main.synth_command(args))
     parser = argparse.ArgumentParser(prog="synth", description="pipesynth: pipeline schedules, checked and simulated.")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("baselines", help="list the hand-designed schedules in the library")
@@ -96,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--force", action="store_true", help="overwrite existing output files")
     costs = sub.add_parser("costs", help="per-stage times and memory of a model on a GPU (the cost model)")
     add_problem_arguments(costs)
+    compare = sub.add_parser("compare", help="every baseline and the synthesized schedules on one problem, best first")
+    from synth.main import add_synth_arguments
+
+    add_synth_arguments(compare, outputs=False)
     run = sub.add_parser("run", help="run a schedule on a real model with torch.distributed (one process per rank)")
     _add_run_arguments(run)
     args = parser.parse_args(argv)
@@ -105,15 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         from backends.torch_exec.cli import run_command
 
         return run_command(args)
-    if args.command not in ("show", "costs"):
-        print("synth: schedule synthesis (synth --mem-cap ... --stages ...) is not built yet; "
-              "available now: 'synth baselines', 'synth show', 'synth costs'. The IR demo is 'python -m ir'.",
-              file=sys.stderr)
-        return 2
+    if args.command == "compare":
+        from synth.main import compare_command
+
+        return _guarded("synth compare", lambda: compare_command(args))
+    return _guarded(f"synth {args.command}", lambda: _show(args) if args.command == "show" else _costs(args))
+
+
+def _guarded(name: str, command) -> int:
+    """Run ``command``; bad input and refused files become one line on stderr and exit status 1."""
     try:
-        return _show(args) if args.command == "show" else _costs(args)
+        return command()
     except (ScheduleError, ValueError, OSError) as err:
-        print(f"synth {args.command}: {err}", file=sys.stderr)
+        print(f"{name}: {err}", file=sys.stderr)
         return 1
 
 

@@ -1,21 +1,33 @@
-"""Tile a building block into a complete `Schedule` for m microbatches.
+"""Tile a building block into a complete `Schedule` for m microbatches, then squeeze it.
 
-Microbatch i runs pass x at ``offset[x] + i T``. Each rank's program is its passes of all
-microbatches sorted by that time; ``ir.simulate`` then runs them as soon as possible in that
-order, which squeezes the warm-up and cool-down (ranks idle at the ends start their passes
-earlier) without reordering the stable phase. Sorting by block time respects every dependency
-(the block's times do), so the program is valid for any m >= 1; ``ir.verify`` checks it anyway.
+Microbatch i runs pass x at ``offset[x] + i T``. `tile` gives each rank its passes of all
+microbatches sorted by that time; ``ir.simulate`` runs them as soon as possible in that order,
+which already pulls the warm-up together (a rank idle at the start runs its forwards earlier).
+Sorting by block time respects every dependency (the block's times do), so the program is valid
+for any m >= 1; ``ir.verify`` checks it anyway.
+
+`squeeze` then fixes the cool-down, where the block's order makes a rank wait for a gradient
+while work it could do sits later in its program (the paper's squeeze, and the reason ZB-H1
+defers W). It list-schedules each rank's program with one rule that keeps memory: only the
+actions that free memory (B, W, BW) may be reordered, and only among those between two
+allocating actions (F, R) in the tiled order. Every allocation therefore happens after exactly
+the same frees as in the tiled schedule, so no rank's peak can rise, while idle gaps fill with
+ready work. Among ready actions it prefers input gradients (B, BW: they unblock upstream ranks),
+then the tiled order. The squeezed schedule is kept only if its simulated makespan is shorter.
 """
 
 from __future__ import annotations
 
-from ir import Action, Op, Placement, Schedule
+from ir import Action, Costs, Op, Placement, Schedule, simulate
+from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
+from ir.verify import MEMORY_RTOL
 from synth.blocks import Block
 
-__all__ = ["tile"]
+__all__ = ["squeeze", "tile"]
 
 # At equal times (possible only across a rank's two streams) a copy op goes after compute.
 _ORDER = {Op.F: 0, Op.R: 1, Op.B: 2, Op.BW: 2, Op.W: 3, Op.OFFLOAD: 4, Op.RELOAD: 5}
+_ALLOCATES = frozenset({Op.F, Op.R})
 
 
 def tile(block: Block, placement: Placement, m: int, k: int = 1, **meta) -> Schedule:
@@ -30,3 +42,95 @@ def tile(block: Block, placement: Placement, m: int, k: int = 1, **meta) -> Sche
     ranks = [[action for _, _, action in sorted(items)] for items in timed]
     return Schedule(placement, m, ranks, k=k, meta={"made_by": "synth.blocks", "period_ticks": block.period,
                                                      "tick": block.tick, **meta})
+
+
+def squeeze(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> Schedule:
+    """The fastest in simulation of ``schedule`` and its list-scheduled variants (see the module
+    docstring). Without ``mem_cap`` no rank's peak may rise; with it, forwards may also run ahead
+    of their tiled place while the rank stays within the cap (as ZB-H1 defers W and ZB-V front-
+    loads forwards in their warm-ups). Schedules with copy-stream actions come back as they are
+    (their memory depends on timing, not only on order)."""
+    if any(a.op.stream.value != "compute" for _, _, a in schedule.actions()):
+        return schedule
+    timeline = simulate(schedule, costs)
+    best, best_time, peak = schedule, timeline.makespan, timeline.peak
+    rules = [(peak, False)]
+    if mem_cap is not None:  # forwards may run ahead into part or all of the headroom
+        rules = [(tuple(mem_cap for _ in peak), False)] + [
+            (tuple(x + share * (mem_cap - x) for x in peak), True) for share in (0.5, 0.75, 1.0)]
+    for limit, ahead in rules:
+        try:
+            ranks = _list_schedule(schedule, costs, limit, ahead)
+        except RuntimeError:
+            continue
+        candidate = Schedule(schedule.placement, schedule.m, ranks, k=schedule.k,
+                             meta={**schedule.meta, "squeezed": True})
+        timeline = simulate(candidate, costs)
+        within = all(a <= (b if mem_cap is None else mem_cap) * (1 + MEMORY_RTOL)
+                     for a, b in zip(timeline.peak, peak, strict=True))
+        if within and timeline.makespan < best_time - 1e-9:
+            best, best_time = candidate, timeline.makespan
+    return best
+
+
+def _list_schedule(schedule: Schedule, costs: Costs, limit: tuple[float, ...], ahead: bool) -> list[list[Action]]:
+    ix = ProgramIndex(schedule)
+    deps = {a: dependencies(a, ix) for _, _, a in schedule.actions()}
+    grows = {a: sum(d for _, d in memory_effects(a, ix, costs) if d > 0) for _, _, a in schedule.actions()}
+    todo = [list(prog) for prog in schedule.ranks]
+    out: list[list[Action]] = [[] for _ in schedule.ranks]
+    free_at = [0.0] * schedule.p
+    held = [float(costs.static_of(r)) for r in range(schedule.p)]
+    span = [3 * len(schedule.placement.stages_of(r)) * schedule.k * (schedule.p + 1) for r in range(schedule.p)]
+    end: dict[Action, float] = {}
+    while any(todo):
+        best = None  # (start, rank, index in todo)
+        for r, prog in enumerate(todo):
+            window = _window(prog, grows, limit[r] - held[r], ahead, span[r])
+            pick = _earliest(prog, window, deps, end, costs, free_at[r])
+            if pick is not None and (best is None or pick[0] < best[0]):
+                best = (pick[0], r, pick[1])
+        if best is None:
+            raise RuntimeError("squeeze: no action can start")
+        start, r, i = best
+        action = todo[r].pop(i)
+        end[action] = start + costs.duration(action)
+        free_at[r] = end[action]
+        held[r] += sum(delta for _, delta in memory_effects(action, ix, costs))
+        out[r].append(action)
+    return out
+
+
+def _window(prog: list[Action], grows: dict[Action, float], room: float, ahead: bool, span: int) -> list[int]:
+    """Positions the rank may run next: the free-only actions before its next allocating one, and
+    that one once they are done or if it fits in ``room``; with ``ahead``, also later forwards
+    that fit in ``room`` (and free-only actions between them), up to ``span`` positions."""
+    window: list[int] = []
+    blocked = False
+    for i, action in enumerate(prog[:span]):
+        if action.op not in _ALLOCATES:
+            if not blocked:
+                window.append(i)
+            continue
+        first = not blocked
+        if (first and not window) or grows[action] <= room + 1e-9 and (first or (ahead and action.op is Op.F)):
+            window.append(i)
+        if not ahead:
+            break
+        blocked = True
+    return window
+
+
+def _earliest(prog: list[Action], window: list[int], deps, end: dict[Action, float], costs: Costs, free: float):
+    """The position in ``window`` that can start first, and when; ties prefer B/BW, then
+    allocations, then W, then program order. None if none of them is ready yet."""
+    best = None
+    for i in window:
+        ready = ready_time(deps[prog[i]], end, costs)
+        if ready is None:
+            continue
+        op = prog[i].op
+        key = (max(ready, free), 0 if op.is_backward_input else 1 if op in _ALLOCATES else 2, i)
+        if best is None or key < best:
+            best = key
+    return None if best is None else (best[0], best[2])

@@ -1,0 +1,430 @@
+"""The building block as integer data, shared by the CP-SAT model and its MILP twin.
+
+Everything the block model needs is computed here once, in integer ticks and integer memory
+units, from ``ir.Costs``, the placement and the options: the passes and their durations, the
+precedences (DESIGN.md's dependency list for one microbatch, with comm latency), the lifespans
+that hold memory and their byte weights, and each rank's budget. ``synth.blocks`` turns it into
+a CP-SAT model; ``synth.milp`` turns the same data into a MILP (PuLP, HiGHS or CBC) in another
+process, which is why the data round-trips through JSON. Neither solver sees the costs again, so
+the two models cannot drift apart.
+
+Recompute and offload are offered only without sequence slices (k = 1): a recomputed slice
+would need the K/V of earlier slices, which a recomputed earlier slice has not rebuilt yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ir import Action, Costs, Op, Placement
+
+__all__ = ["Answer", "BlockError", "BlockOptions", "BlockSpec", "Lifespan", "Pass", "block_spec", "least_memory",
+           "search_period"]
+
+
+class BlockError(ValueError):
+    """No building block satisfies the options (e.g. a cap below every block's memory)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOptions:
+    """What the block model may do.
+
+    Attributes:
+        split_backward: B and W as separate passes (else one BW pass).
+        recompute: the solver may recompute a stage (k = 1 only).
+        offload: the solver may offload a stage's activations to host (k = 1 only).
+        mem_cap: bytes per rank, or ``None`` for no cap.
+        ticks: target ticks for the longest pass (time resolution; durations round up).
+        time_limit: seconds for the whole block search (CP-SAT), or for each solve (MILP).
+        workers: CP-SAT search workers (threads for HiGHS/CBC).
+    """
+
+    split_backward: bool = True
+    recompute: bool = False
+    offload: bool = False
+    mem_cap: float | None = None
+    ticks: int = 60
+    time_limit: float = 2.0
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Pass:
+    """One pass of the block: ``op`` of stage ``stage``, slice ``slice`` (microbatch 0)."""
+
+    stage: int
+    slice: int
+    op: Op
+
+    def action(self, microbatch: int = 0) -> Action:
+        return Action(self.op, self.stage, microbatch, self.slice)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.stage}_j{self.slice}_{self.op.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lifespan:
+    """``units`` of memory held on ``rank`` from the start of ``begin`` to the end of ``end``,
+    in the variant ``variant`` of stage ``stage``: "keep" (neither recomputed nor offloaded),
+    "recompute" or "offload"."""
+
+    rank: int
+    stage: int
+    variant: str
+    begin: Pass
+    end: Pass
+    units: int
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The block model's data in integers.
+
+    Attributes:
+        p: ranks.
+        num_stages: stages.
+        split_backward: whether B and W are separate passes.
+        tick: cost units (ms) per tick.
+        mem_unit: bytes per memory unit.
+        dur: ticks of every possible pass (optional ones included).
+        rank: the rank of every pass.
+        copy: passes on the copy stream (OFFLOAD, RELOAD).
+        optional: pass -> "recompute" | "offload" for passes present only in that variant.
+        choices: stage -> the variants ("recompute", "offload") the solver may pick.
+        edges: ``(later, earlier, gap)``: later starts ``gap`` ticks after earlier ends.
+        lifespans: the memory each unit holds, per variant.
+        budget: per rank, units available above the static memory (None: no cap).
+        static: per rank, bytes of static memory.
+        horizon: an upper bound on any start (room for a gap of up to ``max_period`` before every pass).
+        max_period: the length of the block run one pass at a time; every period from there up
+            admits a block if the memory does.
+    """
+
+    p: int
+    num_stages: int
+    split_backward: bool
+    tick: float
+    mem_unit: float
+    dur: dict[Pass, int]
+    rank: dict[Pass, int]
+    copy: frozenset[Pass]
+    optional: dict[Pass, str]
+    choices: dict[int, tuple[str, ...]]
+    edges: tuple[tuple[Pass, Pass, int], ...]
+    lifespans: tuple[Lifespan, ...]
+    budget: tuple[int, ...] | None
+    static: tuple[float, ...]
+    horizon: int
+    anchors: dict[int, Pass] = field(default_factory=dict)
+    max_period: int = 0
+
+    @property
+    def first(self) -> Pass:
+        """The block's first pass: stage 0's forward of slice 0, at tick 0."""
+        return Pass(0, 0, Op.F)
+
+    def anchor(self, rank: int) -> Pass:
+        """The rank's first forward, which starts no later than any other pass on the rank."""
+        return self.anchors[rank]
+
+    @property
+    def choice_weight(self) -> int:
+        """The objective is ``length * choice_weight + (stages recomputed or offloaded)``: the
+        shortest block first, then, among equally short ones, the fewest recompute/offload choices
+        (so the solver never recomputes or offloads for nothing)."""
+        return 1 + sum(len(c) for c in self.choices.values())
+
+    def load_bound(self) -> int:
+        """The smallest period any block can have: the largest mandatory compute load of a rank."""
+        load = [0] * self.p
+        for x, d in self.dur.items():
+            if x not in self.optional and x not in self.copy:
+                load[self.rank[x]] += d
+        return max(1, max(load))
+
+    def memory_of(self, period: int, offsets: dict[Pass, int], variants: dict[int, str]) -> tuple[float, ...]:
+        """Per rank, the bytes the block bound holds: static + sum ceil(lifespan / T) * bytes."""
+        held = list(self.static)
+        for span in self.lifespans:
+            if variants.get(span.stage, "keep") != span.variant:
+                continue
+            length = offsets[span.end] + self.dur[span.end] - offsets[span.begin]
+            held[span.rank] += math.ceil(length / period) * span.units * self.mem_unit
+        return tuple(held)
+
+    # ------------------------------------------------------------------------------------- JSON
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (passes as ``[stage, slice, op]``) for the MILP process."""
+        def key(x: Pass) -> list:
+            return [x.stage, x.slice, x.op.value]
+
+        return {
+            "p": self.p, "num_stages": self.num_stages, "split_backward": self.split_backward,
+            "tick": self.tick, "mem_unit": self.mem_unit,
+            "passes": [[*key(x), d, self.rank[x], x in self.copy, self.optional.get(x)] for x, d in self.dur.items()],
+            "choices": {str(s): list(c) for s, c in self.choices.items()},
+            "edges": [[key(a), key(b), g] for a, b, g in self.edges],
+            "lifespans": [[s.rank, s.stage, s.variant, key(s.begin), key(s.end), s.units] for s in self.lifespans],
+            "budget": None if self.budget is None else list(self.budget), "static": list(self.static),
+            "horizon": self.horizon, "anchors": {str(r): key(x) for r, x in self.anchors.items()},
+            "max_period": self.max_period,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> BlockSpec:
+        def pass_(v: list) -> Pass:
+            return Pass(int(v[0]), int(v[1]), Op(v[2]))
+
+        dur, rank, copy, optional = {}, {}, set(), {}
+        for stage, slice_, op, d, r, on_copy, kind in obj["passes"]:
+            x = Pass(stage, slice_, Op(op))
+            dur[x], rank[x] = d, r
+            if on_copy:
+                copy.add(x)
+            if kind:
+                optional[x] = kind
+        return cls(
+            obj["p"], obj["num_stages"], obj["split_backward"], obj["tick"], obj["mem_unit"], dur, rank,
+            frozenset(copy), optional, {int(s): tuple(c) for s, c in obj["choices"].items()},
+            tuple((pass_(a), pass_(b), g) for a, b, g in obj["edges"]),
+            tuple(Lifespan(r, s, v, pass_(b), pass_(e), u) for r, s, v, b, e, u in obj["lifespans"]),
+            None if obj["budget"] is None else tuple(obj["budget"]), tuple(obj["static"]), obj["horizon"],
+            {int(r): pass_(x) for r, x in obj["anchors"].items()}, obj["max_period"],
+        )
+
+
+# ---------------------------------------------------------------------------------------- build
+def block_spec(costs: Costs, placement: Placement, options: BlockOptions) -> BlockSpec:
+    """The integer data of the block model for these costs, placement and options.
+
+    Raises:
+        BlockError: the costs do not match the placement, or recompute/offload with slices.
+    """
+    if costs.num_stages != placement.num_stages:
+        raise BlockError(f"costs have {costs.num_stages} stages but the placement has {placement.num_stages}")
+    if (options.recompute or options.offload) and costs.k > 1:
+        raise BlockError("recompute and offload are offered only without sequence slices (k = 1)")
+    split = options.split_backward
+    ops = [Op.F, Op.B, Op.W] if split else [Op.F, Op.BW]
+    raw: dict[Pass, float] = {}
+    optional: dict[Pass, str] = {}
+    for s in range(costs.num_stages):
+        for j in range(costs.k):
+            for op in ops:
+                raw[Pass(s, j, op)] = costs.duration(Pass(s, j, op).action())
+            if options.recompute:
+                raw[Pass(s, j, Op.R)] = costs.duration(Pass(s, j, Op.R).action())
+                optional[Pass(s, j, Op.R)] = "recompute"
+            if options.offload:
+                for op in (Op.OFFLOAD, Op.RELOAD):
+                    raw[Pass(s, j, op)] = costs.duration(Pass(s, j, op).action())
+                    optional[Pass(s, j, op)] = "offload"
+    tick = _tick([d for d in raw.values() if d > 0], options.ticks)
+    dur = {x: max(1, math.ceil(d / tick - 1e-9)) if d > 0 else 0 for x, d in raw.items()}
+    rank = {x: placement.rank_of(x.stage) for x in dur}
+    copy = frozenset(x for x in dur if x.op in (Op.OFFLOAD, Op.RELOAD))
+    comm = {}
+    for s in range(costs.num_stages - 1):
+        crosses = placement.rank_of(s) != placement.rank_of(s + 1)
+        for j in range(costs.k):
+            comm[(s, j)] = math.ceil(costs.unit(s, j).comm / tick - 1e-9) if crosses else 0
+    choices = {s: tuple(v for v, on in (("recompute", options.recompute), ("offload", options.offload)) if on)
+               for s in range(costs.num_stages)}
+    biggest = max(u.act for row in costs.units for u in row) or 1.0
+    mem_unit = biggest / 1000
+    static = tuple(float(costs.static_of(r)) for r in range(placement.p))
+    budget = None
+    if options.mem_cap is not None:
+        budget = tuple(math.floor((options.mem_cap - static[r]) / mem_unit + 1e-9) for r in range(placement.p))
+    # A block may need idle gaps (modular no-overlap), so starts get room for a gap of up to the
+    # longest period searched before every pass; with starts bounded by the sequential length
+    # alone, feasibility would jump around in T (found by the MILP twin's cross-check).
+    max_period = sum(dur.values()) + 2 * sum(comm.values()) + 1
+    horizon = max_period * (len(dur) + 1)
+    anchors = {r: Pass(placement.stages_of(r)[0], 0, Op.F) for r in range(placement.p)}
+    return BlockSpec(placement.p, costs.num_stages, split, tick, mem_unit, dur, rank, copy, optional, choices,
+                     _edges(dur, comm, costs.num_stages, costs.k, split),
+                     _lifespans(costs, placement, split, options, mem_unit), budget, static, horizon, anchors,
+                     max_period)
+
+
+def _tick(durations: list[float], target: int) -> float:
+    """Cost units per tick: exact when all durations are multiples of a common base that keeps the
+    longest within ``4 * target`` ticks (unit costs: 1), else ``longest / target`` (durations then
+    round up, so the block's times never undercut the real ones)."""
+    if not durations:
+        raise BlockError("every pass takes zero time; give the costs durations")
+    longest = max(durations)
+    micro = [round(d * 1e6) for d in durations]
+    if all(abs(m - d * 1e6) < 1e-3 for m, d in zip(micro, durations, strict=True)):
+        base = math.gcd(*micro) / 1e6
+        if longest / base <= 4 * target:
+            return base
+    return longest / target
+
+
+def _edges(dur: dict[Pass, int], comm: dict[tuple[int, int], int], num_stages: int, k: int,
+           split: bool) -> tuple[tuple[Pass, Pass, int], ...]:
+    """DESIGN.md's dependencies within one microbatch; R also waits for its unit's gradient."""
+    edges: list[tuple[Pass, Pass, int]] = []
+    back = Op.B if split else Op.BW
+    for s in range(num_stages):
+        for j in range(k):
+            f, b = Pass(s, j, Op.F), Pass(s, j, back)
+            if s > 0:
+                edges.append((f, Pass(s - 1, j, Op.F), comm[(s - 1, j)]))
+            if j > 0:
+                edges.append((f, Pass(s, j - 1, Op.F), 0))
+            edges.append((b, f, 0))
+            grad = None if s == num_stages - 1 else (Pass(s + 1, j, back), comm[(s, j)])
+            if grad:
+                edges.append((b, *grad))
+            if j < k - 1:
+                edges.append((b, Pass(s, j + 1, back), 0))
+            if split:
+                edges.append((Pass(s, j, Op.W), b, 0))
+            r = Pass(s, j, Op.R)
+            if r in dur:
+                edges += [(r, f, 0), (b, r, 0)]
+                if grad:
+                    edges.append((r, *grad))
+            off, rel = Pass(s, j, Op.OFFLOAD), Pass(s, j, Op.RELOAD)
+            if off in dur:
+                edges += [(off, f, 0), (rel, off, 0), (b, rel, 0)]
+    return tuple(edges)
+
+
+def _lifespans(costs: Costs, placement: Placement, split: bool, options: BlockOptions,
+               mem_unit: float) -> tuple[Lifespan, ...]:
+    """Per unit and variant, the spans that hold memory (DESIGN.md's memory table).
+
+    keep: act - wact from F to B and wact from F to W (act from F to BW); recompute: inp from F to
+    B plus the same act terms from R; offload: act from F to the end of OFFLOAD plus the act terms
+    from RELOAD. Bytes round up to memory units, so the bound never undercounts.
+    """
+    spans: list[Lifespan] = []
+    back = Op.B if split else Op.BW
+    for s in range(costs.num_stages):
+        r = placement.rank_of(s)
+        for j in range(costs.k):
+            u = costs.unit(s, j)
+            tail = [(back, u.act - u.wact if split else u.act)] + ([(Op.W, u.wact)] if split else [])
+            variants = [("keep", Op.F)]
+            if options.recompute:
+                variants.append(("recompute", Op.R))
+            if options.offload:
+                variants.append(("offload", Op.RELOAD))
+            for variant, source in variants:
+                items = [(source, end, nbytes) for end, nbytes in tail]
+                if variant == "recompute":
+                    items.append((Op.F, back, u.inp))
+                if variant == "offload":
+                    items.append((Op.F, Op.OFFLOAD, u.act))
+                for begin, end, nbytes in items:
+                    if nbytes > 0:
+                        spans.append(Lifespan(r, s, variant, Pass(s, j, begin), Pass(s, j, end),
+                                              math.ceil(nbytes / mem_unit - 1e-9)))
+    return tuple(spans)
+
+
+# ---------------------------------------------------------------------------------------- search
+@dataclass(frozen=True)
+class Answer:
+    """A solver's block: the period, every present pass's start, each stage's variant, and
+    whether the period is proven minimal and the block length optimal at that period."""
+
+    period: int
+    offsets: dict[Pass, int]
+    variants: dict[int, str]
+    proven: bool
+    probes: tuple[tuple[int, bool], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"period": self.period, "offsets": [[x.stage, x.slice, x.op.value, t] for x, t in self.offsets.items()],
+                "variants": {str(s): v for s, v in self.variants.items()}, "proven": self.proven,
+                "probes": [list(pr) for pr in self.probes]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Answer:
+        return cls(obj["period"], {Pass(s, j, Op(op)): t for s, j, op, t in obj["offsets"]},
+                   {int(s): v for s, v in obj["variants"].items()}, obj["proven"],
+                   tuple((int(t), bool(f)) for t, f in obj["probes"]))
+
+
+def search_period(spec: BlockSpec, probe, final, time_limit: float) -> Answer:
+    """The smallest feasible period (galloping up from the load bound, then bisecting), then the
+    shortest block at that period.
+
+    Args:
+        spec: the block data.
+        probe: ``probe(period)`` returns True, False or None (the solver ran out of time; counted
+            as infeasible, and the answer is then not proven), or ``(True, (offsets, variants))``
+            with the block it found, which stands in if the final solve finds nothing in time.
+        final: ``final(period) -> (optimal, offsets, variants) | None`` minimizing the block length.
+        time_limit: seconds per block, for the error message.
+
+    Raises:
+        BlockError: no block fits, or no solve found a block at the chosen period in time.
+    """
+    probes: list[tuple[int, bool]] = []
+    found: dict[int, tuple] = {}
+    proven = True
+
+    def feasible(period: int) -> bool:
+        nonlocal proven
+        result = probe(period)
+        if isinstance(result, tuple):
+            result, found[period] = result
+        if result is None:
+            proven = False
+        probes.append((period, bool(result)))
+        return bool(result)
+
+    lo, hi = spec.load_bound(), spec.max_period
+    if spec.budget is not None:
+        need = [round((held - static) / spec.mem_unit) for held, static in zip(least_memory(spec), spec.static,
+                                                                                strict=True)]
+        if any(n > b for n, b in zip(need, spec.budget, strict=True)):
+            # at T = max_period every lifespan counts once, which no smaller T undercuts
+            raise BlockError("no building block fits the memory cap, even with one microbatch in flight per stage")
+    if feasible(lo):
+        hi = lo
+    else:  # gallop up from the load bound (the answer is usually near it), then bisect
+        step = max(1, lo // 16)
+        while lo + step < hi:
+            if feasible(lo + step):
+                hi = lo + step
+                break
+            lo, step = lo + step, 2 * step
+        while hi - lo > 1:  # invariant: lo infeasible (or unknown), hi feasible
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
+    if hi == spec.max_period and hi not in found:
+        feasible(hi)  # every probe below ran out of time; T = horizon is easy and gives a fallback
+    result = final(hi)
+    if result is None and hi in found:
+        result = (False, *found[hi])
+    if result is None:
+        raise BlockError(f"no block was found in {time_limit:g} s; raise --time-limit")
+    optimal, offsets, variants = result
+    return Answer(hi, offsets, variants, proven and optimal, tuple(probes))
+
+
+def least_memory(spec: BlockSpec) -> tuple[float, ...]:
+    """Per rank, the smallest bound any block of ``spec`` can have: one microbatch in flight
+    (every lifespan shorter than T, so each counts once) and, per stage, its cheapest allowed
+    variant. A cap of at least the largest of these always admits a block."""
+    per_variant: dict[tuple[int, str], int] = {}
+    for span in spec.lifespans:
+        per_variant[(span.stage, span.variant)] = per_variant.get((span.stage, span.variant), 0) + span.units
+    held = list(spec.static)
+    for s in range(spec.num_stages):
+        units = min(per_variant.get((s, v), 0) for v in ("keep", *spec.choices[s]))
+        rank = spec.rank[Pass(s, 0, Op.F)]
+        held[rank] += units * spec.mem_unit
+    return tuple(held)

@@ -1,0 +1,326 @@
+"""The building-block model as a MILP (PuLP with HiGHS or CBC), the twin of ``synth.blocks``.
+
+Both models read the same integer data, a ``synth.blockspec.BlockSpec``, and both search the
+period with ``search_period``: feasibility probes (constant objective) over T, then one solve
+that minimizes the block length at the smallest feasible T (a probe's block stands in if that
+solve finds nothing). Here ``time_limit`` bounds each solve; CP-SAT shares it over the search.
+This file reads like a solver sample: data, variables, one helper per constraint family,
+objective, solve.
+
+- Data: the ``BlockSpec`` (passes with durations in ticks, ranks, copy-stream passes, optional
+  passes per variant, precedences, lifespans and budgets in memory units, horizon, anchors).
+- Variables: integer ``start[x]`` in [0, horizon] for every pass; binary ``choice[s, v]`` per
+  stage and variant (at most one per stage; none = "keep"); a pass is present if it is
+  mandatory or its variant is chosen; integer ``lap[x]`` in [0, horizon // T + 1]; a binary
+  order per pair of passes on one stream; integer ``n`` per lifespan; integer ``length``.
+- Precedences: ``start[later] >= start[earlier] + dur[earlier] + gap - M (2 - both present)``
+  with ``M = horizon + dur[earlier] + gap``.
+- Modular no-overlap per (rank, stream): ``phase[x] = start[x] - start[anchor] - T lap[x]`` in
+  ``[0, T - d]``, then for each pair a binary order ``o`` and ``phase[x] + d[x] <= phase[y] +
+  T (1 - o) + T (absent x + absent y)`` (and the mirror with ``T o``). ``M = T`` suffices: with
+  phases in [0, T - d] no difference exceeds T. The phase bounds hold for absent passes too,
+  unlike CP-SAT's optional intervals; that changes nothing, because an absent pass's start is
+  bound by nothing else (its edges, length and lifespan rows are all relaxed), so it can always
+  sit at its anchor. Passes with d = 0 are skipped; an optional pass with d > T is absent.
+- Memory (only with a budget): ``n T >= start[end] + dur[end] - start[begin] - M (off)`` with
+  ``M = horizon + dur[end]``, where ``off`` is the sum of the stage's choices for "keep" and
+  ``1 - choice`` for a variant; per rank ``sum units * n <= budget``.
+- Length: ``start[first] == 0``, ``length >= start[x] + d - (horizon + d) absent(x)``.
+
+Process split: ortools 9.15 and highspy 1.15 cannot share a process (each one's shared library
+leaves the other with undefined symbols, whichever is imported first), and ``import pulp``
+imports highspy. So this module never imports ortools (nor ``synth.blocks``), and the parent
+side imports neither pulp nor highspy: ``solve_spec_milp`` runs ``python -m synth.milp`` with
+``{"spec", "time_limit", "workers", "solver"}`` as JSON on stdin and reads ``{"answer": ...}``
+or ``{"error": ...}`` from stdout. Every failure there (timeout, crash, no block, a missing
+solver) comes back as a ``BlockError`` that says what to do.
+
+Status (PuLP 3.3.2, HiGHS 1.15.1 through highspy, PuLP's bundled CBC 2.10.3), found by solving
+with time limits too short to finish: ``prob.status`` alone misleads; it says "Optimal" (1)
+for a CBC or HiGHS run stopped by its time limit with a solution in hand. ``prob.sol_status``
+tells them apart: ``LpSolutionOptimal`` (1) means proven, ``LpSolutionIntegerFeasible`` (2)
+means a solution found before the limit. A run stopped without a solution gives status
+"Not Solved" (0) and ``LpSolutionNoSolutionFound`` (0) for both solvers. A proven infeasible
+model gives status "Infeasible" (-1) for both; HiGHS sets ``LpSolutionInfeasible`` (-1) with
+it, but CBC's "Integer infeasible" leaves ``sol_status`` at ``LpSolutionNoSolutionFound`` (0),
+so infeasibility is read from ``status``. Hence a probe is True with a solution (1 or 2),
+False when infeasible, else None (unknown); a final with only a feasible solution reports
+``optimal=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.blockspec import Answer, BlockError, BlockOptions, BlockSpec, Pass, search_period
+
+__all__ = ["MILP_SOLVERS", "main", "solve_spec_milp"]
+
+MILP_SOLVERS = ("highs", "cbc")
+
+_ROOT = Path(__file__).resolve().parent.parent  # the directory holding the ``synth`` package
+
+
+# ------------------------------------------------------------------------------------- parent side
+def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str) -> Answer:
+    """The MILP answer for ``spec`` (smallest period, then shortest block), solved in a child process.
+
+    Args:
+        spec: the block data.
+        options: ``time_limit`` (seconds for each MILP solve; CP-SAT shares it over the whole
+            search instead) and ``workers`` (solver threads) are used.
+        solver: "highs" or "cbc".
+
+    Raises:
+        BlockError: no block fits, the solver is unknown or missing, or the child failed or timed out.
+    """
+    if solver not in MILP_SOLVERS:
+        raise BlockError(f"unknown MILP solver {solver!r}; choose one of {', '.join(MILP_SOLVERS)}")
+    request = {"spec": spec.to_json(), "time_limit": options.time_limit, "workers": options.workers,
+               "solver": solver}
+    # Generous: every one of search_period's solves (at most ceil(log2(horizon)) + 1 probes and
+    # a final) taking its whole limit, plus start-up.
+    solves = math.ceil(math.log2(max(2, spec.horizon))) + 3
+    timeout = options.time_limit * solves + 60
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run([sys.executable, "-m", "synth.milp"], input=json.dumps(request), text=True,
+                              capture_output=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise BlockError(f"the {solver} MILP search did not finish in {timeout:g} s although each solve may take "
+                         f"only {options.time_limit:g} s; lower --time-limit, or use --solver cpsat") from e
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise BlockError(f"the {solver} MILP process failed (exit {done.returncode}); run `python -m synth.milp` "
+                         f"by hand to debug, or use --solver cpsat:\n{tail}")
+    try:
+        reply = json.loads(done.stdout)
+    except json.JSONDecodeError as e:
+        raise BlockError(f"the {solver} MILP process printed no answer: {done.stdout[-300:]!r}") from e
+    if "error" in reply:
+        raise BlockError(reply["error"])
+    return Answer.from_json(reply["answer"])
+
+
+# --------------------------------------------------------------------------------------- child side
+def main() -> int:
+    """The child: read the request on stdin, write ``{"answer": ...}`` or ``{"error": ...}`` on stdout."""
+    # The solvers' C code may print to fd 1; keep it for the reply and send everything else to stderr.
+    reply_to = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    request = json.load(sys.stdin)
+    try:
+        answer = _search(BlockSpec.from_json(request["spec"]), float(request["time_limit"]),
+                         int(request["workers"]), request["solver"])
+        reply: dict[str, Any] = {"answer": answer.to_json()}
+    except BlockError as e:
+        reply = {"error": str(e)}
+    json.dump(reply, reply_to)
+    reply_to.close()
+    return 0
+
+
+def _search(spec: BlockSpec, time_limit: float, workers: int, solver: str) -> Answer:
+    """``search_period`` with MILP solves of ``time_limit`` seconds each. A probe hands back the
+    block it found, which stands in if the final solve finds nothing in time."""
+    backend = _backend(solver, time_limit, workers)
+
+    def probe(period: int):
+        outcome, v = _solve(spec, period, backend, optimize=False)
+        if outcome in _FOUND:
+            return True, _decode(spec, v)
+        return False if outcome == "infeasible" else None
+
+    def final(period: int):
+        outcome, v = _solve(spec, period, backend, optimize=True)
+        if outcome not in _FOUND:
+            return None
+        return (outcome == "optimal", *_decode(spec, v))
+
+    return search_period(spec, probe, final, time_limit)
+
+
+def _backend(solver: str, time_limit: float, workers: int):
+    """The PuLP solver object; imported here so the parent never loads pulp (and with it highspy)."""
+    try:
+        import pulp
+    except ImportError as e:
+        raise BlockError("the MILP solvers need PuLP: pip install pulp, or use --solver cpsat") from e
+    if solver == "highs":
+        backend = pulp.HiGHS(msg=False, timeLimit=time_limit, threads=workers)
+        if not backend.available():
+            raise BlockError("--solver highs needs highspy: pip install highspy, or use --solver cpsat or cbc")
+    elif solver == "cbc":
+        # PuLP 3.3 deprecates its bundled CBC (PULP_CBC_CMD) for 4.0; it still ships and works.
+        pulp.set_v4_migration_warnings(False)
+        backend = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=workers)
+        if not backend.available():
+            raise BlockError("--solver cbc needs PuLP's bundled CBC, which is missing here; reinstall pulp, "
+                             "or use --solver cpsat or highs")
+    else:
+        raise BlockError(f"unknown MILP solver {solver!r}; choose one of {', '.join(MILP_SOLVERS)}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------- variables
+@dataclass
+class _Vars:
+    start: dict[Pass, Any]
+    present: dict[Pass, Any]  # 1 for a mandatory pass, else its stage's choice variable
+    choice: dict[tuple[int, str], Any]
+    length: Any
+
+
+def _variables(prob, spec: BlockSpec) -> _Vars:
+    import pulp
+
+    def var(name: str, lo: int, hi: int, cat: str = pulp.LpInteger):
+        return prob.add_variable(name, lo, hi, cat=cat)
+
+    start = {x: var(f"start_{x.name}", 0, spec.horizon) for x in spec.dur}
+    choice = {(s, c): var(f"{c}_s{s}", 0, 1, pulp.LpBinary) for s, cs in spec.choices.items() for c in cs}
+    for s, cs in spec.choices.items():
+        if len(cs) > 1:  # a unit is recomputed or offloaded, not both
+            prob += pulp.lpSum(choice[(s, c)] for c in cs) <= 1, f"one_variant_s{s}"
+    present = {x: choice[(x.stage, spec.optional[x])] if x in spec.optional else 1 for x in spec.dur}
+    return _Vars(start, present, choice, var("block_length", 0, spec.horizon))
+
+
+def _absent(v: _Vars, *passes: Pass):
+    """How many of ``passes`` are absent (an expression; 0 when all are mandatory)."""
+    return sum(1 - v.present[x] for x in passes)
+
+
+# ------------------------------------------------------------------------------------- constraints
+def add_precedences(prob, v: _Vars, spec: BlockSpec) -> None:
+    """DESIGN.md's dependencies within one microbatch, with comm latency between ranks; an edge
+    binds only when both of its passes are present (big-M: an edge spans at most the horizon)."""
+    for i, (later, earlier, gap) in enumerate(spec.edges):
+        big_m = spec.horizon + spec.dur[earlier] + gap
+        prob += (v.start[later] >= v.start[earlier] + spec.dur[earlier] + gap - big_m * _absent(v, later, earlier),
+                 f"edge{i}_{later.name}_after_{earlier.name}")
+
+
+def add_modular_no_overlap(prob, v: _Vars, spec: BlockSpec, period: int) -> None:
+    """No two passes of any microbatches overlap on a rank's compute stream or copy stream.
+
+    Each pass maps to its phase ``start - start[anchor] - lap T`` in ``[0, T - d]`` (the anchor,
+    the rank's first forward, starts no later than any pass on the rank, so cutting the circle
+    there cuts no pass); then every pair on one stream is ordered by a binary, big-M ``T``.
+    """
+    import pulp
+
+    streams: dict[tuple[int, bool], list[Pass]] = {}
+    phase = {}
+    for x, d in spec.dur.items():
+        if d == 0:
+            continue
+        if d > period:  # only optional passes can be: T is at least a rank's mandatory load
+            prob += v.present[x] == 0, f"too_long_{x.name}"
+            continue
+        lap = prob.add_variable(f"lap_{x.name}", 0, spec.horizon // period + 1, cat=pulp.LpInteger)
+        phase[x] = v.start[x] - v.start[spec.anchor(spec.rank[x])] - period * lap
+        prob += phase[x] >= 0, f"phase_lo_{x.name}"
+        prob += phase[x] <= period - d, f"phase_hi_{x.name}"
+        streams.setdefault((spec.rank[x], x in spec.copy), []).append(x)
+    for passes in streams.values():
+        for i, x in enumerate(passes):
+            for y in passes[i + 1:]:
+                before = prob.add_variable(f"order_{x.name}_{y.name}", 0, 1, cat=pulp.LpBinary)  # 1: x first
+                slack = period * _absent(v, x, y)
+                prob += phase[x] + spec.dur[x] <= phase[y] + period * (1 - before) + slack, f"x_{x.name}_{y.name}"
+                prob += phase[y] + spec.dur[y] <= phase[x] + period * before + slack, f"x_{y.name}_{x.name}"
+
+
+def add_memory_cap(prob, v: _Vars, spec: BlockSpec, period: int) -> None:
+    """``sum_lifespans n * units <= budget`` per rank, with an integer ``n T >= lifespan``.
+
+    A lifespan's row binds only in its stage's variant ("keep": no choice taken); elsewhere
+    ``n = 0`` is allowed (big-M: a lifespan is at most the horizon plus its end's duration).
+    """
+    import pulp
+
+    if spec.budget is None:
+        return
+    terms: dict[int, list] = {r: [] for r in range(spec.p)}
+    for i, span in enumerate(spec.lifespans):
+        n = prob.add_variable(f"alive{i}_{span.variant}_{span.end.name}", 0, spec.horizon // period + 2,
+                              cat=pulp.LpInteger)
+        chosen = [v.choice[(span.stage, c)] for c in spec.choices[span.stage]]
+        off = pulp.lpSum(chosen) if span.variant == "keep" else 1 - v.choice[(span.stage, span.variant)]
+        big_m = spec.horizon + spec.dur[span.end]
+        life = v.start[span.end] + spec.dur[span.end] - v.start[span.begin]
+        prob += period * n >= life - big_m * off, f"life{i}"
+        terms[span.rank].append(span.units * n)
+    for r, rank_terms in terms.items():
+        if rank_terms:
+            prob += pulp.lpSum(rank_terms) <= spec.budget[r], f"budget_r{r}"
+        elif spec.budget[r] < 0:  # static memory alone is over the cap: no variable to say so with
+            prob += v.length <= -1, f"budget_r{r}"
+
+
+def add_block_length(prob, v: _Vars, spec: BlockSpec) -> None:
+    """``length`` is the block's last end, measured from the first forward (which starts at 0)."""
+    prob += v.start[spec.first] == 0, "first_at_zero"
+    for x, d in spec.dur.items():
+        prob += v.length >= v.start[x] + d - (spec.horizon + d) * _absent(v, x), f"length_{x.name}"
+
+
+# ---------------------------------------------------------------------------------------------- solve
+_FOUND = ("optimal", "feasible")
+
+
+def _model(spec: BlockSpec, period: int, optimize: bool):
+    import pulp
+
+    prob = pulp.LpProblem(f"block_T{period}", pulp.LpMinimize)
+    v = _variables(prob, spec)
+    add_precedences(prob, v, spec)
+    add_modular_no_overlap(prob, v, spec, period)
+    add_memory_cap(prob, v, spec, period)
+    add_block_length(prob, v, spec)
+    objective = v.length * spec.choice_weight + pulp.lpSum(v.choice.values())  # length, then fewest choices
+    prob.setObjective(objective if optimize else 0 * v.length)  # probes: feasibility only
+    return prob, v
+
+
+def _solve(spec: BlockSpec, period: int, backend, optimize: bool):
+    """Solve at ``period``; the outcome is "optimal", "feasible", "infeasible" or "unknown"."""
+    import pulp
+
+    prob, v = _model(spec, period, optimize)
+    prob.solve(backend)  # PuLP 3.3's HiGHS and CBC return normally at their time limits
+    if prob.sol_status == pulp.LpSolutionOptimal:
+        outcome = "optimal"
+    elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
+        outcome = "feasible"  # stopped at the time limit with a solution (prob.status still says Optimal)
+    elif prob.status == pulp.LpStatusInfeasible:
+        outcome = "infeasible"  # CBC's "Integer infeasible" leaves sol_status at NoSolutionFound
+    else:
+        outcome = "unknown"
+    return outcome, v
+
+
+def _decode(spec: BlockSpec, v: _Vars) -> tuple[dict[Pass, int], dict[int, str]]:
+    """The present passes' starts and the chosen variants, read from the solution."""
+    present = [x for x in spec.dur if _on(v.present[x])]
+    offsets = {x: round(v.start[x].varValue) for x in sorted(present)}
+    variants = {s: c for (s, c), var in v.choice.items() if _on(var)}
+    return offsets, variants
+
+
+def _on(value) -> bool:
+    """Whether a presence (1 or a binary variable) is on in the solution."""
+    return value == 1 if isinstance(value, int) else value.varValue is not None and value.varValue > 0.5
+
+
+if __name__ == "__main__":
+    sys.exit(main())
