@@ -150,16 +150,11 @@ class Synthesis:
 
 
 def make_placement(kind: str, p: int, chunks: int = 2) -> Placement:
-    """The placement ``kind`` ("standard", "interleaved", "v", "waves") on p ranks."""
-    if kind == "standard":
-        return Placement.standard(p)
-    if kind == "interleaved":
-        return Placement.interleaved(p, chunks)
-    if kind == "v":
-        return Placement.v_shape(p)
-    if kind == "waves":
-        return Placement.waves(p, chunks)
-    raise ValueError(f"unknown placement {kind!r}; use one of {', '.join(PLACEMENTS)} or auto")
+    """The placement ``kind`` ("standard", "interleaved", "v", "waves") on p ranks; ``chunks`` is
+    the stages per rank of interleaved and the waves of waves."""
+    from synth.costs.args import placement_for
+
+    return placement_for(kind, p, v=chunks, waves=chunks)
 
 
 def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k: int = 1,
