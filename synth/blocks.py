@@ -30,6 +30,7 @@ the MILP twin (``synth.milp``, PuLP with HiGHS or CBC in a separate process) rea
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -145,22 +146,64 @@ def add_modular_no_overlap(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, p
 
 
 def add_memory_cap(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, period: int) -> None:
-    """``sum_lifespans n * units <= budget`` per rank, with an integer ``n T >= lifespan``.
+    """Per rank, the memory of the periodic schedule at each allocation instant fits the budget.
 
-    A unit alive for ``l`` ticks overlaps at most ``ceil(l / T)`` microbatches of itself. A
-    lifespan's ``n`` is forced only in its stage's chosen variant; elsewhere 0 is best.
+    With microbatch i running the block shifted by ``i T``, a lifespan ``[b, e)`` is alive at time
+    ``t`` for ``floor((t - b) / T) - floor((t - e) / T)`` microbatches (linear once T is fixed:
+    ``T q <= x <= T q + T - 1`` defines ``q = floor(x / T)``). Memory only rises when a lifespan
+    begins, so checking the instants where lifespans begin (each present F, R and RELOAD) bounds
+    the whole periodic curve exactly; a lifespan counts only in its stage's chosen variant. This is
+    the Controllable Memory bound ``ceil(lifespan / T)`` made exact: a unit's two spans (act - wact
+    to B, wact to W; or F to OFFLOAD and RELOAD to B) no longer each round up on their own.
     """
     if spec.budget is None:
         return
+    if spec.memory == "ceil":
+        return add_memory_cap_ceil(model, v, spec, period)
+    bound = spec.horizon // period + 2
+    floors: dict[tuple[Pass, Pass, bool], cp_model.IntVar] = {}
+
+    def alive_floor(at: Pass, x: Pass, after: bool) -> cp_model.IntVar:
+        """floor((start[at] - t_x) / T), t_x the start of x, or its end if ``after``."""
+        key = (at, x, after)
+        if key not in floors:
+            q = model.NewIntVar(-bound, bound, f"floor_{at.name}_{x.name}_{int(after)}")
+            diff = v.start[at] - v.start[x] - (spec.dur[x] if after else 0)
+            model.Add(period * q <= diff)
+            model.Add(diff <= period * q + period - 1)
+            floors[key] = q
+        return floors[key]
+
+    for r in range(spec.p):
+        spans = [span for span in spec.lifespans if span.rank == r]
+        for at in sorted({span.begin for span in spans}):
+            terms = []
+            for i, span in enumerate(spans):
+                count = model.NewIntVar(0, bound, f"alive_{at.name}_{i}")
+                ct = model.Add(count >= alive_floor(at, span.begin, False) - alive_floor(at, span.end, True))
+                _enforce(ct, _variant_literals(v, spec, span))
+                terms.append(span.units * count)
+            _enforce(model.Add(sum(terms) <= spec.budget[r]), [v.present[at]])
+
+
+def add_memory_cap_ceil(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, period: int) -> None:
+    """The Controllable Memory bound: ``sum_lifespans n * units <= budget`` per rank, with an
+    integer ``n T >= lifespan`` (a unit alive for ``l`` ticks overlaps at most ``ceil(l / T)``
+    microbatches of itself); ``n`` is forced only in its stage's chosen variant."""
     terms: dict[int, list] = {r: [] for r in range(spec.p)}
     for i, span in enumerate(spec.lifespans):
         n = model.NewIntVar(0, spec.horizon // period + 2, f"alive_{i}_{span.variant}_{span.end.name}")
         ct = model.Add(n * period >= v.start[span.end] + spec.dur[span.end] - v.start[span.begin])
-        chosen = [v.choice[(span.stage, c)] for c in spec.choices[span.stage]]
-        _enforce(ct, [c.Not() for c in chosen] if span.variant == "keep" else [v.choice[(span.stage, span.variant)]])
+        _enforce(ct, _variant_literals(v, spec, span))
         terms[span.rank].append(span.units * n)
     for r, rank_terms in terms.items():
         model.Add(sum(rank_terms) <= spec.budget[r])
+
+
+def _variant_literals(v: _Vars, spec: BlockSpec, span) -> list:
+    """The literals under which ``span`` holds memory: its stage chose its variant."""
+    chosen = [v.choice[(span.stage, c)] for c in spec.choices[span.stage]]
+    return [c.Not() for c in chosen] if span.variant == "keep" else [v.choice[(span.stage, span.variant)]]
 
 
 def add_block_length(model: cp_model.CpModel, v: _Vars, spec: BlockSpec) -> None:
@@ -209,18 +252,36 @@ def _decode(spec: BlockSpec, solver: cp_model.CpSolver, v: _Vars) -> tuple[dict[
 
 def solve_spec(spec: BlockSpec, options: BlockOptions) -> Answer:
     """The CP-SAT answer for ``spec``: smallest period, then shortest block, all within
-    ``options.time_limit`` seconds (each probe gets a sixth of it, or half of what is left; the
-    final solve starts from the probe's block, so it never returns a longer one)."""
+    ``options.time_limit`` seconds.
+
+    With the exact memory model and a cap, the paper's ``ceil`` model runs first on half the time:
+    its blocks are exact-feasible too (it over-counts), and it solves fast, so its answer bounds the
+    exact search, which then probes only smaller periods, hinted with it."""
+    began = time.perf_counter()
+    if spec.memory == "exact" and spec.budget is not None:
+        first = _search(dataclasses.replace(spec, memory="ceil"), options, options.time_limit / 2)
+        seconds = max(0.1, options.time_limit - (time.perf_counter() - began))
+        return _search(spec, options, seconds, known=first)
+    return _search(spec, options, options.time_limit)
+
+
+def _search(spec: BlockSpec, options: BlockOptions, seconds: float, known: Answer | None = None) -> Answer:
+    """``search_period`` with CP-SAT probes (each a third of ``seconds``, or half of what is
+    left), the smallest feasible block so far as the hint, and a final solve that starts from the
+    probe's block, so it never returns a longer one."""
     found = (cp_model.OPTIMAL, cp_model.FEASIBLE)
-    deadline = time.perf_counter() + options.time_limit
-    blocks: dict[int, tuple] = {}
+    deadline = time.perf_counter() + seconds
+    blocks: dict[int, tuple] = {} if known is None else {known.period: (known.offsets, known.variants)}
 
     def left(share: float) -> float:
         return max(0.05, share * (deadline - time.perf_counter()))
 
     def probe(period: int):
-        seconds = min(left(0.5), options.time_limit / 6)
-        status, solver, v = _solve(spec, period, options, seconds, optimize=False)
+        if time.perf_counter() >= deadline - 0.05:
+            return None  # out of time: unknown, and the search ends at the best period found
+        nearest = min(blocks, default=None)
+        status, solver, v = _solve(spec, period, options, min(left(0.5), seconds / 3), optimize=False,
+                                   hint=None if nearest is None else blocks[nearest])
         if status in found:
             blocks[period] = _decode(spec, solver, v)
             return True, blocks[period]
@@ -232,7 +293,7 @@ def solve_spec(spec: BlockSpec, options: BlockOptions) -> Answer:
             return None
         return (status == cp_model.OPTIMAL, *_decode(spec, solver, v))
 
-    return search_period(spec, probe, final, options.time_limit)
+    return search_period(spec, probe, final, options.time_limit, known)
 
 
 def solve_block(costs: Costs, placement: Placement, options: BlockOptions | None = None,

@@ -14,6 +14,7 @@ would need the K/V of earlier slices, which a recomputed earlier slice has not r
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from ir import Action, Costs, Op, Placement
 
 __all__ = ["Answer", "BlockError", "BlockOptions", "BlockSpec", "Lifespan", "Pass", "block_spec", "least_memory",
-           "search_period"]
+           "search_period", "sequential_block"]
 
 
 class BlockError(ValueError):
@@ -40,6 +41,8 @@ class BlockOptions:
         ticks: target ticks for the longest pass (time resolution; durations round up).
         time_limit: seconds for the whole block search (CP-SAT), or for each solve (MILP).
         workers: CP-SAT search workers (threads for HiGHS/CBC).
+        memory: "exact" (the periodic memory curve at every allocation instant) or "ceil" (the
+            Controllable Memory paper's bound: each lifespan counts ceil(lifespan / T) times).
     """
 
     split_backward: bool = True
@@ -49,6 +52,7 @@ class BlockOptions:
     ticks: int = 60
     time_limit: float = 2.0
     workers: int = 2
+    memory: str = "exact"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -122,6 +126,7 @@ class BlockSpec:
     horizon: int
     anchors: dict[int, Pass] = field(default_factory=dict)
     max_period: int = 0
+    memory: str = "exact"
 
     @property
     def first(self) -> Pass:
@@ -148,14 +153,29 @@ class BlockSpec:
         return max(1, max(load))
 
     def memory_of(self, period: int, offsets: dict[Pass, int], variants: dict[int, str]) -> tuple[float, ...]:
-        """Per rank, the bytes the block bound holds: static + sum ceil(lifespan / T) * bytes."""
-        held = list(self.static)
-        for span in self.lifespans:
-            if variants.get(span.stage, "keep") != span.variant:
-                continue
-            length = offsets[span.end] + self.dur[span.end] - offsets[span.begin]
-            held[span.rank] += math.ceil(length / period) * span.units * self.mem_unit
-        return tuple(held)
+        """Per rank, the bytes the block's memory model holds (static included): the peak of the
+        periodic curve ("exact") or static + sum ceil(lifespan / T) * bytes ("ceil")."""
+        return tuple(self.static[r] + units * self.mem_unit
+                     for r, units in enumerate(self.units_held(period, offsets, variants)))
+
+    def units_held(self, period: int, offsets: dict[Pass, int], variants: dict[int, str]) -> list[int]:
+        """Per rank, memory units above static that the model counts for this block."""
+        active = [span for span in self.lifespans if variants.get(span.stage, "keep") == span.variant]
+        held = [0] * self.p
+        if self.memory == "ceil":
+            for span in active:
+                length = offsets[span.end] + self.dur[span.end] - offsets[span.begin]
+                held[span.rank] += math.ceil(length / period) * span.units
+            return held
+        for r in range(self.p):
+            spans = [span for span in active if span.rank == r]
+            for at in {span.begin for span in spans}:
+                t = offsets[at]
+                level = sum(span.units * ((t - offsets[span.begin]) // period
+                                          - (t - offsets[span.end] - self.dur[span.end]) // period)
+                            for span in spans)
+                held[r] = max(held[r], level)
+        return held
 
     # ------------------------------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
@@ -172,7 +192,7 @@ class BlockSpec:
             "lifespans": [[s.rank, s.stage, s.variant, key(s.begin), key(s.end), s.units] for s in self.lifespans],
             "budget": None if self.budget is None else list(self.budget), "static": list(self.static),
             "horizon": self.horizon, "anchors": {str(r): key(x) for r, x in self.anchors.items()},
-            "max_period": self.max_period,
+            "max_period": self.max_period, "memory": self.memory,
         }
 
     @classmethod
@@ -194,7 +214,7 @@ class BlockSpec:
             tuple((pass_(a), pass_(b), g) for a, b, g in obj["edges"]),
             tuple(Lifespan(r, s, v, pass_(b), pass_(e), u) for r, s, v, b, e, u in obj["lifespans"]),
             None if obj["budget"] is None else tuple(obj["budget"]), tuple(obj["static"]), obj["horizon"],
-            {int(r): pass_(x) for r, x in obj["anchors"].items()}, obj["max_period"],
+            {int(r): pass_(x) for r, x in obj["anchors"].items()}, obj["max_period"], obj["memory"],
         )
 
 
@@ -207,6 +227,8 @@ def block_spec(costs: Costs, placement: Placement, options: BlockOptions) -> Blo
     """
     if costs.num_stages != placement.num_stages:
         raise BlockError(f"costs have {costs.num_stages} stages but the placement has {placement.num_stages}")
+    if options.memory not in ("exact", "ceil"):
+        raise BlockError(f"unknown memory model {options.memory!r}; use exact or ceil")
     if (options.recompute or options.offload) and costs.k > 1:
         raise BlockError("recompute and offload are offered only without sequence slices (k = 1)")
     split = options.split_backward
@@ -250,7 +272,7 @@ def block_spec(costs: Costs, placement: Placement, options: BlockOptions) -> Blo
     return BlockSpec(placement.p, costs.num_stages, split, tick, mem_unit, dur, rank, copy, optional, choices,
                      _edges(dur, comm, costs.num_stages, costs.k, split),
                      _lifespans(costs, placement, split, options, mem_unit), budget, static, horizon, anchors,
-                     max_period)
+                     max_period, options.memory)
 
 
 def _tick(durations: list[float], target: int) -> float:
@@ -356,7 +378,7 @@ class Answer:
                    tuple((int(t), bool(f)) for t, f in obj["probes"]))
 
 
-def search_period(spec: BlockSpec, probe, final, time_limit: float) -> Answer:
+def search_period(spec: BlockSpec, probe, final, time_limit: float, known: Answer | None = None) -> Answer:
     """The smallest feasible period (galloping up from the load bound, then bisecting), then the
     shortest block at that period.
 
@@ -367,6 +389,8 @@ def search_period(spec: BlockSpec, probe, final, time_limit: float) -> Answer:
             with the block it found, which stands in if the final solve finds nothing in time.
         final: ``final(period) -> (optimal, offsets, variants) | None`` minimizing the block length.
         time_limit: seconds per block, for the error message.
+        known: a block already known to satisfy ``spec`` (the answer of a stricter model): only
+            smaller periods are searched, and it stands in if nothing smaller is found.
 
     Raises:
         BlockError: no block fits, or no solve found a block at the chosen period in time.
@@ -386,13 +410,18 @@ def search_period(spec: BlockSpec, probe, final, time_limit: float) -> Answer:
         return bool(result)
 
     lo, hi = spec.load_bound(), spec.max_period
-    if spec.budget is not None:
+    if known is not None:
+        hi = known.period
+        found[hi] = (known.offsets, known.variants)
+        probes.extend(known.probes)
+        proven = known.proven
+    elif spec.budget is not None:
         need = [round((held - static) / spec.mem_unit) for held, static in zip(least_memory(spec), spec.static,
                                                                                 strict=True)]
         if any(n > b for n, b in zip(need, spec.budget, strict=True)):
-            # at T = max_period every lifespan counts once, which no smaller T undercuts
-            raise BlockError("no building block fits the memory cap, even with one microbatch in flight per stage")
-    if feasible(lo):
+            # one microbatch at a time, freeing as soon as it can, is the least any block holds
+            raise BlockError("no building block fits the memory cap, even with one microbatch in flight")
+    if lo < hi and feasible(lo):
         hi = lo
     else:  # gallop up from the load bound (the answer is usually near it), then bisect
         step = max(1, lo // 16)
@@ -404,8 +433,8 @@ def search_period(spec: BlockSpec, probe, final, time_limit: float) -> Answer:
         while hi - lo > 1:  # invariant: lo infeasible (or unknown), hi feasible
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
-    if hi == spec.max_period and hi not in found:
-        feasible(hi)  # every probe below ran out of time; T = horizon is easy and gives a fallback
+    if hi == spec.max_period and hi not in found:  # no probe found a block: run one pass at a time
+        found[hi] = sequential_block(spec)
     result = final(hi)
     if result is None and hi in found:
         result = (False, *found[hi])
@@ -416,15 +445,48 @@ def search_period(spec: BlockSpec, probe, final, time_limit: float) -> Answer:
 
 
 def least_memory(spec: BlockSpec) -> tuple[float, ...]:
-    """Per rank, the smallest bound any block of ``spec`` can have: one microbatch in flight
-    (every lifespan shorter than T, so each counts once) and, per stage, its cheapest allowed
-    variant. A cap of at least the largest of these always admits a block."""
-    per_variant: dict[tuple[int, str], int] = {}
-    for span in spec.lifespans:
-        per_variant[(span.stage, span.variant)] = per_variant.get((span.stage, span.variant), 0) + span.units
-    held = list(spec.static)
-    for s in range(spec.num_stages):
-        units = min(per_variant.get((s, v), 0) for v in ("keep", *spec.choices[s]))
-        rank = spec.rank[Pass(s, 0, Op.F)]
-        held[rank] += units * spec.mem_unit
-    return tuple(held)
+    """Per rank, the least memory a block of ``spec`` holds: one microbatch in flight, its passes
+    one at a time in the order that frees soonest (forwards in stage order, each OFFLOAD right after
+    its F; then per stage in reverse RELOAD, R, B, W), and per rank the cheapest combination of
+    its stages' allowed variants. A cap of at least the largest of these admits a block
+    (`sequential_block`)."""
+    return _least(spec)[0]
+
+
+def sequential_block(spec: BlockSpec) -> tuple[dict[Pass, int], dict[int, str]]:
+    """The block of `least_memory`: passes one at a time in that order (each as early as its
+    edges allow), with the cheapest variants; it is no longer than ``spec.max_period``."""
+    variants = _least(spec)[1]
+    offsets, t = {}, 0
+    for x in _sequential_order(spec, variants):
+        t = max([t] + [offsets[e] + spec.dur[e] + gap for later, e, gap in spec.edges if later == x and e in offsets])
+        offsets[x], t = t, t + spec.dur[x]
+    return offsets, variants
+
+
+def _sequential_order(spec: BlockSpec, variants: dict[int, str]) -> list[Pass]:
+    back = Op.B if spec.split_backward else Op.BW
+    slices = sorted({x.slice for x in spec.dur})
+    order = [x for s in range(spec.num_stages) for j in slices for x in (Pass(s, j, Op.F), Pass(s, j, Op.OFFLOAD))]
+    order += [x for s in reversed(range(spec.num_stages)) for j in reversed(slices)
+              for x in (Pass(s, j, Op.RELOAD), Pass(s, j, Op.R), Pass(s, j, back), Pass(s, j, Op.W))]
+    return [x for x in order if x in spec.dur and (x not in spec.optional or variants.get(x.stage) == spec.optional[x])]
+
+
+def _least(spec: BlockSpec) -> tuple[tuple[float, ...], dict[int, str]]:
+    period = sum(spec.dur.values()) + len(spec.dur) + 1  # longer than the whole block: one microbatch at a time
+    held, chosen = list(spec.static), {}
+    for r in range(spec.p):
+        stages = sorted({x.stage for x in spec.dur if spec.rank[x] == r})
+        best = None
+        for combo in itertools.islice(itertools.product(*[("keep", *spec.choices[s]) for s in stages]), 729):
+            variants = {s: c for s, c in zip(stages, combo, strict=True) if c != "keep"}
+            offsets, t = {}, 0
+            for x in _sequential_order(spec, variants):
+                offsets[x], t = t, t + max(1, spec.dur[x])
+            units = spec.units_held(period, offsets, variants)[r]
+            if best is None or units < best[0]:
+                best = (units, variants)
+        held[r] += best[0] * spec.mem_unit
+        chosen.update(best[1])
+    return tuple(held), chosen

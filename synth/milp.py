@@ -241,30 +241,75 @@ def add_modular_no_overlap(prob, v: _Vars, spec: BlockSpec, period: int) -> None
 
 
 def add_memory_cap(prob, v: _Vars, spec: BlockSpec, period: int) -> None:
-    """``sum_lifespans n * units <= budget`` per rank, with an integer ``n T >= lifespan``.
+    """Memory per rank within its budget, in the model ``spec.memory`` names (as ``synth.blocks``).
 
-    A lifespan's row binds only in its stage's variant ("keep": no choice taken); elsewhere
-    ``n = 0`` is allowed (big-M: a lifespan is at most the horizon plus its end's duration).
+    "exact": at every instant a lifespan begins (each present F, R, RELOAD), the periodic level
+    ``sum units * (floor((t - b) / T) - floor((t - e) / T))`` fits; ``T q <= x <= T q + T - 1``
+    defines each floor. "ceil": ``sum n * units`` with ``n T >= lifespan``. A lifespan binds only in
+    its stage's variant ("keep": no choice taken); elsewhere big-M rows let its count be 0.
     """
     import pulp
 
     if spec.budget is None:
         return
-    terms: dict[int, list] = {r: [] for r in range(spec.p)}
-    for i, span in enumerate(spec.lifespans):
-        n = prob.add_variable(f"alive{i}_{span.variant}_{span.end.name}", 0, spec.horizon // period + 2,
-                              cat=pulp.LpInteger)
-        chosen = [v.choice[(span.stage, c)] for c in spec.choices[span.stage]]
-        off = pulp.lpSum(chosen) if span.variant == "keep" else 1 - v.choice[(span.stage, span.variant)]
-        big_m = spec.horizon + spec.dur[span.end]
-        life = v.start[span.end] + spec.dur[span.end] - v.start[span.begin]
-        prob += period * n >= life - big_m * off, f"life{i}"
-        terms[span.rank].append(span.units * n)
-    for r, rank_terms in terms.items():
-        if rank_terms:
-            prob += pulp.lpSum(rank_terms) <= spec.budget[r], f"budget_r{r}"
-        elif spec.budget[r] < 0:  # static memory alone is over the cap: no variable to say so with
-            prob += v.length <= -1, f"budget_r{r}"
+    bound = spec.horizon // period + 2
+    if spec.memory == "ceil":
+        terms: dict[int, list] = {r: [] for r in range(spec.p)}
+        for i, span in enumerate(spec.lifespans):
+            n = prob.add_variable(f"alive{i}_{span.variant}_{span.end.name}", 0, bound, cat=pulp.LpInteger)
+            big_m = spec.horizon + spec.dur[span.end]
+            life = v.start[span.end] + spec.dur[span.end] - v.start[span.begin]
+            prob += period * n >= life - big_m * _inactive(v, spec, span), f"life{i}"
+            terms[span.rank].append(span.units * n)
+        for r, rank_terms in terms.items():
+            _budget_row(prob, v, spec, r, rank_terms, None)
+        return
+    floors: dict[tuple, Any] = {}
+
+    def alive_floor(at: Pass, x: Pass, after: bool):
+        key = (at, x, after)
+        if key not in floors:
+            q = prob.add_variable(f"floor_{at.name}_{x.name}_{int(after)}", -bound, bound, cat=pulp.LpInteger)
+            diff = v.start[at] - v.start[x] - (spec.dur[x] if after else 0)
+            prob.addConstraint(period * q <= diff, f"floor_lo_{at.name}_{x.name}_{int(after)}")
+            prob.addConstraint(diff <= period * q + period - 1, f"floor_hi_{at.name}_{x.name}_{int(after)}")
+            floors[key] = q
+        return floors[key]
+
+    for r in range(spec.p):
+        spans = [span for span in spec.lifespans if span.rank == r]
+        for at in sorted({span.begin for span in spans}):
+            terms = []
+            for i, span in enumerate(spans):
+                count = prob.add_variable(f"alive_{at.name}_{i}", 0, bound, cat=pulp.LpInteger)
+                prob += (count >= alive_floor(at, span.begin, False) - alive_floor(at, span.end, True)
+                         - 2 * bound * _inactive(v, spec, span)), f"alive_{at.name}_{i}"
+                terms.append(span.units * count)
+            _budget_row(prob, v, spec, r, terms, at, period)
+        if not spans:
+            _budget_row(prob, v, spec, r, [], None)
+
+
+def _inactive(v: _Vars, spec: BlockSpec, span):
+    """1 when ``span``'s variant is not its stage's choice, else 0 (a linear expression)."""
+    import pulp
+
+    chosen = [v.choice[(span.stage, c)] for c in spec.choices[span.stage]]
+    return pulp.lpSum(chosen) if span.variant == "keep" else 1 - v.choice[(span.stage, span.variant)]
+
+
+def _budget_row(prob, v: _Vars, spec: BlockSpec, r: int, terms: list, at: Pass | None, period: int = 1) -> None:
+    """``sum terms <= budget[r]``, relaxed when the instant ``at`` is an absent pass."""
+    import pulp
+
+    name = f"budget_r{r}" + ("" if at is None else f"_{at.name}")
+    if not terms:
+        if spec.budget[r] < 0:  # static memory alone is over the cap: no variable to say so with
+            prob += v.length <= -1, name
+        return
+    total_units = sum(span.units for span in spec.lifespans if span.rank == r)
+    slack = 0 if at is None else (spec.horizon // period + 2) * total_units * _absent(v, at)
+    prob += pulp.lpSum(terms) <= spec.budget[r] + slack, name
 
 
 def add_block_length(prob, v: _Vars, spec: BlockSpec) -> None:

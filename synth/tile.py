@@ -27,7 +27,7 @@ __all__ = ["squeeze", "tile"]
 
 # At equal times (possible only across a rank's two streams) a copy op goes after compute.
 _ORDER = {Op.F: 0, Op.R: 1, Op.B: 2, Op.BW: 2, Op.W: 3, Op.OFFLOAD: 4, Op.RELOAD: 5}
-_ALLOCATES = frozenset({Op.F, Op.R})
+_ALLOCATES = frozenset({Op.F, Op.R, Op.RELOAD})
 
 
 def tile(block: Block, placement: Placement, m: int, k: int = 1, **meta) -> Schedule:
@@ -48,16 +48,17 @@ def squeeze(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> S
     """The fastest in simulation of ``schedule`` and its list-scheduled variants (see the module
     docstring). Without ``mem_cap`` no rank's peak may rise; with it, forwards may also run ahead
     of their tiled place while the rank stays within the cap (as ZB-H1 defers W and ZB-V front-
-    loads forwards in their warm-ups). Schedules with copy-stream actions come back as they are
-    (their memory depends on timing, not only on order)."""
-    if any(a.op.stream.value != "compute" for _, _, a in schedule.actions()):
-        return schedule
+    loads forwards in their warm-ups). Without a cap, schedules with copy-stream actions come back
+    as they are (their memory depends on timing, not only on order); with one, every variant is
+    judged by its simulated peak."""
+    if mem_cap is None and any(a.op.stream.value != "compute" for _, _, a in schedule.actions()):
+        return schedule  # with copies, memory depends on timing: only a cap can say what is safe
     timeline = simulate(schedule, costs)
     best, best_time, peak = schedule, timeline.makespan, timeline.peak
     rules = [(peak, False)]
     if mem_cap is not None:  # forwards may run ahead into part or all of the headroom
         rules = [(tuple(mem_cap for _ in peak), False)] + [
-            (tuple(x + share * (mem_cap - x) for x in peak), True) for share in (0.5, 0.75, 1.0)]
+            (tuple(x + share * (mem_cap - x) for x in peak), True) for share in (0.5, 1.0)]
     for limit, ahead in rules:
         try:
             ranks = _list_schedule(schedule, costs, limit, ahead)
@@ -79,23 +80,29 @@ def _list_schedule(schedule: Schedule, costs: Costs, limit: tuple[float, ...], a
     grows = {a: sum(d for _, d in memory_effects(a, ix, costs) if d > 0) for _, _, a in schedule.actions()}
     todo = [list(prog) for prog in schedule.ranks]
     out: list[list[Action]] = [[] for _ in schedule.ranks]
-    free_at = [0.0] * schedule.p
+    free_at = [{stream: 0.0 for stream in ("compute", "copy")} for _ in range(schedule.p)]
     held = [float(costs.static_of(r)) for r in range(schedule.p)]
     span = [3 * len(schedule.placement.stages_of(r)) * schedule.k * (schedule.p + 1) for r in range(schedule.p)]
+    waiting: dict[Action, set[int]] = {}  # an action -> the ranks with an action that depends on it
+    for r, prog in enumerate(schedule.ranks):
+        for action in prog:
+            for edge in deps[action]:
+                waiting.setdefault(edge.pred, set()).add(r)
     end: dict[Action, float] = {}
+    picks: list = [None] * schedule.p
+    dirty = set(range(schedule.p))
     while any(todo):
-        best = None  # (start, rank, index in todo)
-        for r, prog in enumerate(todo):
-            window = _window(prog, grows, limit[r] - held[r], ahead, span[r])
-            pick = _earliest(prog, window, deps, end, costs, free_at[r])
-            if pick is not None and (best is None or pick[0] < best[0]):
-                best = (pick[0], r, pick[1])
+        for r in dirty:  # a rank's choice changes only when it runs something or a pred of its ends
+            window = _window(todo[r], grows, limit[r] - held[r], ahead, span[r])
+            picks[r] = _earliest(todo[r], window, deps, end, costs, free_at[r])
+        best = min(((pick[0], r, pick[1]) for r, pick in enumerate(picks) if pick is not None), default=None)
         if best is None:
             raise RuntimeError("squeeze: no action can start")
         start, r, i = best
         action = todo[r].pop(i)
+        dirty = {r} | waiting.get(action, set())
         end[action] = start + costs.duration(action)
-        free_at[r] = end[action]
+        free_at[r][action.op.stream.value] = end[action]
         held[r] += sum(delta for _, delta in memory_effects(action, ix, costs))
         out[r].append(action)
     return out
@@ -121,7 +128,8 @@ def _window(prog: list[Action], grows: dict[Action, float], room: float, ahead: 
     return window
 
 
-def _earliest(prog: list[Action], window: list[int], deps, end: dict[Action, float], costs: Costs, free: float):
+def _earliest(prog: list[Action], window: list[int], deps, end: dict[Action, float], costs: Costs,
+              free: dict[str, float]):
     """The position in ``window`` that can start first, and when; ties prefer B/BW, then
     allocations, then W, then program order. None if none of them is ready yet."""
     best = None
@@ -130,7 +138,7 @@ def _earliest(prog: list[Action], window: list[int], deps, end: dict[Action, flo
         if ready is None:
             continue
         op = prog[i].op
-        key = (max(ready, free), 0 if op.is_backward_input else 1 if op in _ALLOCATES else 2, i)
+        key = (max(ready, free[op.stream.value]), 0 if op.is_backward_input else 1 if op in _ALLOCATES else 2, i)
         if best is None or key < best:
             best = key
     return None if best is None else (best[0], best[2])

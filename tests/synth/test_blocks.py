@@ -80,3 +80,20 @@ def test_slices_follow_the_slice_order():
     block = solve_block(costs, Placement.standard(4), BlockOptions())
     assert block.period * block.tick == 3  # two slices of 1.5 each per rank
     verify(tile(block, Placement.standard(4), 8, k=2))
+
+
+def test_exact_periodic_memory_beats_the_per_lifespan_ceiling():
+    # V placement, p = 2, half-stage F = B = W = 0.5, act 0.5, wact 0.25, copying a half stage's
+    # activations takes 0.5, cap 1 (a full stage's activations). With offload a unit holds memory
+    # from F to the end of OFFLOAD and again from RELOAD: two spans that the paper's bound rounds
+    # up one by one, so it needs T = 4.5 without offload; counting the periodic memory curve at
+    # each allocation instant admits T = 3, the load bound F + B + W per full stage.
+    costs = Costs.uniform(4, f=0.5, b=0.5, w=0.5, act=0.5, wact=0.25, copy_bandwidth=1.0)
+    placement = Placement.v_shape(2)
+    ceil = solve_block(costs, placement, BlockOptions(mem_cap=1.0, offload=True, memory="ceil", time_limit=5))
+    exact = solve_block(costs, placement, BlockOptions(mem_cap=1.0, offload=True, time_limit=5))
+    assert ceil.period * ceil.tick == 4.5 and exact.period * exact.tick == 3.0 and exact.proven
+    assert any(exact.offload) and max(exact.memory) <= 1.0
+    schedule = tile(exact, placement, 8)
+    verify(schedule, costs, mem_cap=1.0)
+    assert max(simulate(schedule, costs).peak) <= 1.0

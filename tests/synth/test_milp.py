@@ -69,15 +69,16 @@ def test_recompute_is_chosen_when_the_cap_binds_and_pays(solver):
     assert block.recompute == (True, False)
 
 
+@pytest.mark.parametrize("memory", ["exact", "ceil"])
 @pytest.mark.parametrize("solver", MILP)
-def test_offload_is_chosen_when_the_cap_binds(solver):
+def test_offload_is_chosen_when_the_cap_binds(solver, memory):
     # p = 4, F = 1, BW = 2, OFFLOAD = RELOAD = act / bandwidth = 1, cap 2. At T = 3 a kept unit of
     # stage s lives 12 - 3s ticks (ceil(l / 3) = 4, 3, 2, 1 microbatches), so stages 0 and 1 must
     # offload: then F..OFFLOAD (2 ticks) and RELOAD..BW (3 ticks) hold one each, 2 in all, and the
     # copy stream's load 2 fits in T. T = 3 is the load bound (closed form); the length 12 is the
-    # CP-SAT run's.
+    # CP-SAT run's. Each single lifespan counts ceil(l / T) in both memory models, so they agree here.
     costs = Costs.uniform(4, f=1, b=1, w=1, act=1, copy_bandwidth=1.0)
-    options = BlockOptions(split_backward=False, mem_cap=2.0, offload=True)
+    options = BlockOptions(split_backward=False, mem_cap=2.0, offload=True, memory=memory)
     block = agree(solver, costs, Placement.standard(4), options, period=3, length=12)
     assert block.offload[:2] == (True, True)
 
