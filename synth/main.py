@@ -67,6 +67,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser, *, outputs: bool = True
     group.add_argument("--time-limit", type=_seconds, default=1.5,
                        help="seconds per building block (per placement) for CP-SAT, per solve for the MILP "
                             "(default 1.5)")
+    group.add_argument("--memory-model", default="exact", choices=["exact", "ceil"],
+                       help="the block's memory: exact (the periodic curve at every allocation) or ceil "
+                            "(Controllable Memory's ceil(lifespan / T) per lifespan) (default exact)")
     if outputs:
         out = parser.add_argument_group("output")
         out.add_argument("-o", "--output", type=Path, default=Path("schedule.json"),
@@ -96,7 +99,7 @@ def _run(args: argparse.Namespace) -> tuple[Synthesis, dict, float]:
     kinds = PLACEMENTS if args.placement == "auto" else (args.placement,)
     options = SynthOptions(placements=kinds, chunks=args.chunks, split_backward=args.split_backward,
                            recompute=args.recompute, offload=args.offload, solver=args.solver,
-                           time_limit=args.time_limit)
+                           time_limit=args.time_limit, memory=args.memory_model)
     return synthesize(costs_for, args.stages, m, cap, k=args.slices, options=options), problems, cap
 
 

@@ -50,6 +50,7 @@ class SynthOptions:
         time_limit: seconds per block search (all its probes and the final solve).
         ticks: time resolution of the block model (ticks for the longest pass).
         baselines: evaluate the library too (the safety net).
+        memory: the block's memory model, "exact" or "ceil" (see `synth.blocks`).
     """
 
     placements: tuple[str, ...] = ("standard",)
@@ -61,6 +62,7 @@ class SynthOptions:
     time_limit: float = 1.5
     ticks: int = 60
     baselines: bool = True
+    memory: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
 def _block_options(options: SynthOptions, k: int, mem_cap: float | None) -> BlockOptions:
     return BlockOptions(split_backward=options.split_backward, recompute=options.recompute and k == 1,
                         offload=options.offload and k == 1, mem_cap=mem_cap, ticks=options.ticks,
-                        time_limit=options.time_limit)
+                        time_limit=options.time_limit, memory=options.memory)
 
 
 def _synthesize_one(kind: str, costs: Costs, placement: Placement, m: int, k: int, mem_cap: float | None,

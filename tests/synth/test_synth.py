@@ -146,3 +146,14 @@ def test_synth_compare_lists_every_candidate_best_first(capsys):
     rows = [line for line in lines if line.startswith(("synth/", "1f1b", "zb-", "gpipe", "v-", "interleaved"))]
     assert rows[0].split()[0] in {"synth/standard", "zb-v", "dualpipev", "zb-h2", "hanayo", "zb-h1"}
     assert any(r.startswith("synth/standard") for r in rows) and any(r.startswith("1f1b ") for r in rows)
+
+
+def test_synth_with_the_milp_twin_and_the_papers_memory_bound(tmp_path, capsys):
+    # the HiGHS path runs in a child process (ortools and highspy cannot share one); the ceil
+    # memory model is the Controllable Memory paper's bound
+    out = tmp_path / "s.json"
+    assert synth_main([*SMALL, "--placement", "standard", "--mem-cap", "80GB", "--solver", "highs",
+                       "--memory-model", "ceil", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(chosen)" in text and "highs " in text and out.exists()  # the synthesized row names its solver
+    verify(load(out))
