@@ -158,16 +158,20 @@ class BlockSpec:
         return tuple(self.static[r] + units * self.mem_unit
                      for r, units in enumerate(self.units_held(period, offsets, variants)))
 
-    def units_held(self, period: int, offsets: dict[Pass, int], variants: dict[int, str]) -> list[int]:
-        """Per rank, memory units above static that the model counts for this block."""
-        active = [span for span in self.lifespans if variants.get(span.stage, "keep") == span.variant]
+    def units_held(self, period: int, offsets: dict[Pass, int], variants: dict[int, str],
+                   ranks: range | list[int] | None = None) -> list[int]:
+        """Per rank, memory units above static that the model counts for this block (0 for ranks
+        not in ``ranks``, if given)."""
+        ranks = range(self.p) if ranks is None else ranks
+        active = [span for span in self.lifespans if span.rank in ranks
+                  and variants.get(span.stage, "keep") == span.variant]
         held = [0] * self.p
         if self.memory == "ceil":
             for span in active:
                 length = offsets[span.end] + self.dur[span.end] - offsets[span.begin]
                 held[span.rank] += math.ceil(length / period) * span.units
             return held
-        for r in range(self.p):
+        for r in ranks:
             spans = [span for span in active if span.rank == r]
             for at in {span.begin for span in spans}:
                 t = offsets[at]
@@ -464,13 +468,16 @@ def sequential_block(spec: BlockSpec) -> tuple[dict[Pass, int], dict[int, str]]:
     return offsets, variants
 
 
-def _sequential_order(spec: BlockSpec, variants: dict[int, str]) -> list[Pass]:
+def _sequential_order(spec: BlockSpec, variants: dict[int, str | None], every: bool = False) -> list[Pass]:
+    """The passes one microbatch runs, in the order that frees soonest (all optional ones with
+    ``every``, else those of the chosen variants)."""
     back = Op.B if spec.split_backward else Op.BW
     slices = sorted({x.slice for x in spec.dur})
     order = [x for s in range(spec.num_stages) for j in slices for x in (Pass(s, j, Op.F), Pass(s, j, Op.OFFLOAD))]
     order += [x for s in reversed(range(spec.num_stages)) for j in reversed(slices)
               for x in (Pass(s, j, Op.RELOAD), Pass(s, j, Op.R), Pass(s, j, back), Pass(s, j, Op.W))]
-    return [x for x in order if x in spec.dur and (x not in spec.optional or variants.get(x.stage) == spec.optional[x])]
+    return [x for x in order if x in spec.dur
+            and (every or x not in spec.optional or variants.get(x.stage) == spec.optional[x])]
 
 
 def _least(spec: BlockSpec) -> tuple[tuple[float, ...], dict[int, str]]:
@@ -478,13 +485,16 @@ def _least(spec: BlockSpec) -> tuple[tuple[float, ...], dict[int, str]]:
     held, chosen = list(spec.static), {}
     for r in range(spec.p):
         stages = sorted({x.stage for x in spec.dur if spec.rank[x] == r})
+        mine = [x for x in _sequential_order(spec, {s: None for s in spec.choices}, every=True)
+                if spec.rank[x] == r]  # only the rank's own passes set its memory
         best = None
         for combo in itertools.islice(itertools.product(*[("keep", *spec.choices[s]) for s in stages]), 729):
             variants = {s: c for s, c in zip(stages, combo, strict=True) if c != "keep"}
             offsets, t = {}, 0
-            for x in _sequential_order(spec, variants):
-                offsets[x], t = t, t + max(1, spec.dur[x])
-            units = spec.units_held(period, offsets, variants)[r]
+            for x in mine:
+                if x not in spec.optional or variants.get(x.stage) == spec.optional[x]:
+                    offsets[x], t = t, t + max(1, spec.dur[x])
+            units = spec.units_held(period, offsets, variants, [r])[r]
             if best is None or units < best[0]:
                 best = (units, variants)
         held[r] += best[0] * spec.mem_unit
