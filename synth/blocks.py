@@ -259,7 +259,10 @@ def solve_spec(spec: BlockSpec, options: BlockOptions) -> Answer:
     exact search, which then probes only smaller periods, hinted with it."""
     began = time.perf_counter()
     if spec.memory == "exact" and spec.budget is not None:
-        first = _search(dataclasses.replace(spec, memory="ceil"), options, options.time_limit / 2)
+        try:
+            first = _search(dataclasses.replace(spec, memory="ceil"), options, options.time_limit / 2)
+        except BlockError:  # the cap is below what the over-counting bound admits: exact alone
+            first = None
         seconds = max(0.1, options.time_limit - (time.perf_counter() - began))
         return _search(spec, options, seconds, known=first)
     return _search(spec, options, options.time_limit)

@@ -118,7 +118,8 @@ def _row(c: Candidate, problems: dict, cap: float, mark: str = "") -> list[str]:
     solver = ""
     if c.block is not None:
         status = "optimal" if c.block.proven else "time limit"
-        solver = f"{c.block.solver} {status} {c.block.solve_seconds:.2f}s"
+        solver = (f"{c.block.solver} {status} {c.block.solve_seconds:.2f}s" if c.block.solver != "sequential"
+                  else "one microbatch at a time")
     return [c.name + mark, c.placement, f"{c.makespan:,.0f}", f"{c.timeline.bubble_ratio:.3f}",
             f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%", f"{c.peak / GiB:.2f}", "yes" if c.fits else "no",
             c.decisions(), solver]
@@ -148,7 +149,7 @@ def synth_command(args: argparse.Namespace) -> int:
     problem = _problem_of(chosen, problems)
     print(_header(problem, cap, args))
     print(f"placements tried: {', '.join(c.name.split('/')[1] for c in result.synthesized) or 'none'}"
-          + (f"; no block for {', '.join(n for n, _ in result.skipped if n.startswith('synth/'))}"
+          + (f"; not built: {', '.join(n for n, _ in result.skipped if n.startswith('synth/'))}"
              if any(n.startswith("synth/") for n, _ in result.skipped) else ""))
     print()
     rows = [_row(chosen, problems, cap, " (chosen)")]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from ir import Costs, Placement, Schedule, ScheduleError, Timeline, simulate
 from ir.verify import MEMORY_RTOL
-from synth.blocks import Block, BlockError, BlockOptions, solve_block
-from synth.blockspec import block_spec, least_memory
+from synth.blocks import Block, BlockError, BlockOptions, block_from_answer, solve_block
+from synth.blockspec import Answer, block_spec, sequential_block
 from synth.tile import squeeze, tile
 
 __all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "make_placement",
@@ -185,7 +185,7 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
         return cached[key]
 
     skipped: list[tuple[str, str]] = []
-    synthesized, least = [], []
+    synthesized, sequential = [], []
     for kind in options.placements:
         try:
             placement = make_placement(kind, p, options.chunks)
@@ -193,17 +193,20 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
             skipped.append((f"synth/{kind}", str(err)))
             continue
         costs = costs_of(placement, k)
-        block_options = _block_options(options, k, mem_cap)
-        least.append((max(least_memory(block_spec(costs, placement, _block_options(options, k, None)))),
-                       f"synth/{kind}"))
         try:
-            synthesized.append(_synthesize_one(kind, costs, placement, m, k, mem_cap, block_options, options))
-        except BlockError as err:
-            skipped.append((f"synth/{kind}", str(err)))
+            found = _synthesize_one(kind, costs, placement, m, k, mem_cap, _block_options(options, k, mem_cap),
+                                    options)
+        except BlockError:
+            found = None
+        if found is None or not found.fits:  # one microbatch at a time is the last resort
+            sequential.append(_sequential_one(kind, costs, placement, m, k, mem_cap, options))
+            if sequential[-1].fits or found is None:
+                found = sequential[-1]
+        synthesized.append(found)
     baselines = _baselines(p, m, k, costs_of, mem_cap, skipped) if options.baselines else []
     fitting = [c for c in (*synthesized, *baselines) if c.fits]
     if not fitting:
-        raise _no_fit(mem_cap, baselines, least)
+        raise _no_fit(mem_cap, baselines, sequential)
     chosen = min(fitting, key=lambda c: (*_rank_key(c)[1:], 0 if c.synthesized else 1))
     return Synthesis(chosen, tuple(synthesized), tuple(baselines), tuple(skipped), mem_cap,
                      time.perf_counter() - began)
@@ -222,6 +225,18 @@ def _synthesize_one(kind: str, costs: Costs, placement: Placement, m: int, k: in
     schedule = tile(block, placement, m, k=k, solver=options.solver, proven=block.proven,
                     solve_seconds=round(block.solve_seconds, 3))
     schedule = squeeze(schedule, costs, mem_cap)
+    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began)
+
+
+def _sequential_one(kind: str, costs: Costs, placement: Placement, m: int, k: int, mem_cap: float | None,
+                    options: SynthOptions) -> Candidate:
+    """The placement's least-memory schedule: the sequential block (one microbatch at a time,
+    freeing as soon as it can), tiled; what the smallest-cap error promises is its simulated peak."""
+    began = time.perf_counter()
+    spec = block_spec(costs, placement, _block_options(options, k, None))
+    offsets, variants = sequential_block(spec)
+    block = block_from_answer(spec, Answer(spec.max_period, offsets, variants, False, ()), 0.0, "sequential")
+    schedule = squeeze(tile(block, placement, m, k=k, solver="sequential"), costs, mem_cap)
     return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began)
 
 
@@ -263,14 +278,14 @@ def _best(candidates) -> Candidate | None:
     return min(fitting, key=_rank_key) if fitting else None
 
 
-def _no_fit(mem_cap: float, baselines: list[Candidate], least: list[tuple[float, str]]) -> NoScheduleFits:
-    options = [(c.peak, c.name) for c in baselines] + least
+def _no_fit(mem_cap: float, baselines: list[Candidate], sequential: list[Candidate]) -> NoScheduleFits:
+    options = [(c.peak, c.name) for c in baselines] + [(c.peak, c.name) for c in sequential]
     if not options:
         return NoScheduleFits(f"no schedule fits a cap of {show_bytes(mem_cap)} and none could be built", math.inf)
     smallest, how = min(options)
     return NoScheduleFits(
         f"no schedule fits a memory cap of {show_bytes(mem_cap)} per GPU: even with recompute and offload "
-        f"allowed, the least any schedule needs is {show_bytes(smallest)} ({how}"
+        f"allowed, the least any schedule pipesynth builds needs is {show_bytes(smallest)} ({how}"
         + (", one microbatch in flight" if how.startswith("synth/") else "")
         + f"); use --mem-cap {cap_argument(smallest)} or more, or more stages", smallest)
 
