@@ -64,9 +64,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser, *, outputs: bool = True
                        help="let the solver offload stages' activations to host memory (default on; k = 1 only)")
     group.add_argument("--solver", default="cpsat", choices=["cpsat", "highs", "cbc"],
                        help="cpsat (OR-Tools), or the MILP twin through PuLP: highs or cbc (default cpsat)")
-    group.add_argument("--time-limit", type=_seconds, default=1.5,
+    group.add_argument("--time-limit", type=_seconds, default=1.25,
                        help="seconds per building block (per placement) for CP-SAT, per solve for the MILP "
-                            "(default 1.5)")
+                            "(default 1.25: four placements and the baselines in under 10 s on 2 cores)")
     group.add_argument("--memory-model", default="exact", choices=["exact", "ceil"],
                        help="the block's memory: exact (the periodic curve at every allocation) or ceil "
                             "(Controllable Memory's ceil(lifespan / T) per lifespan) (default exact)")
