@@ -161,29 +161,27 @@ def add_memory_cap(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, period: i
     if spec.memory == "ceil":
         return add_memory_cap_ceil(model, v, spec, period)
     bound = spec.horizon // period + 2
-    floors: dict[tuple[Pass, Pass, bool], cp_model.IntVar] = {}
+    floors: dict[tuple[Pass, Pass, int], cp_model.IntVar] = {}
 
-    def alive_floor(at: Pass, x: Pass, after: bool) -> cp_model.IntVar:
-        """floor((start[at] - t_x) / T), t_x the start of x, or its end if ``after``."""
-        key = (at, x, after)
-        if key not in floors:
-            q = model.NewIntVar(-bound, bound, f"floor_{at.name}_{x.name}_{int(after)}")
-            diff = v.start[at] - v.start[x] - (spec.dur[x] if after else 0)
+    def floor_of(at: Pass, x: Pass, shift: int) -> cp_model.IntVar:
+        """q = floor((start[at] - start[x] - shift) / T), as T q <= diff <= T q + T - 1."""
+        if (at, x, shift) not in floors:
+            q = model.NewIntVar(-bound, bound, f"floor_{at.name}_{x.name}_{shift}")
+            diff = v.start[at] - v.start[x] - shift
             model.Add(period * q <= diff)
             model.Add(diff <= period * q + period - 1)
-            floors[key] = q
-        return floors[key]
+            floors[(at, x, shift)] = q
+        return floors[(at, x, shift)]
 
-    for r in range(spec.p):
-        spans = [span for span in spec.lifespans if span.rank == r]
-        for at in sorted({span.begin for span in spans}):
-            terms = []
-            for i, span in enumerate(spans):
-                count = model.NewIntVar(0, bound, f"alive_{at.name}_{i}")
-                ct = model.Add(count >= alive_floor(at, span.begin, False) - alive_floor(at, span.end, True))
-                _enforce(ct, _variant_literals(v, spec, span))
-                terms.append(span.units * count)
-            _enforce(model.Add(sum(terms) <= spec.budget[r]), [v.present[at]])
+    for r, at, spans in spec.allocation_instants():
+        terms = []
+        for i, span in enumerate(spans):
+            (b, b_shift), (e, e_shift) = spec.alive_terms(at, span)
+            count = model.NewIntVar(0, bound, f"alive_{at.name}_{i}")
+            ct = model.Add(count >= floor_of(at, b, b_shift) - floor_of(at, e, e_shift))
+            _enforce(ct, _variant_literals(v, spec, span))
+            terms.append(span.units * count)
+        _enforce(model.Add(sum(terms) <= spec.budget[r]), [v.present[at]])
 
 
 def add_memory_cap_ceil(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, period: int) -> None:

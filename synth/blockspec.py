@@ -158,6 +158,21 @@ class BlockSpec:
         return tuple(self.static[r] + units * self.mem_unit
                      for r, units in enumerate(self.units_held(period, offsets, variants)))
 
+    def allocation_instants(self) -> list[tuple[int, Pass, tuple[Lifespan, ...]]]:
+        """``(rank, pass, lifespans of that rank)`` for every pass where a lifespan begins: memory
+        only rises there, so the exact model checks the periodic level at these instants."""
+        out = []
+        for r in range(self.p):
+            spans = tuple(span for span in self.lifespans if span.rank == r)
+            out += [(r, at, spans) for at in sorted({span.begin for span in spans})]
+        return out
+
+    def alive_terms(self, at: Pass, span: Lifespan) -> tuple[tuple[Pass, int], tuple[Pass, int]]:
+        """The two floors whose difference counts the microbatches of ``span`` alive at the start
+        of ``at``: ``floor((t_at - start(x) - shift) / T)`` for ``(x, shift)`` = (begin, 0), then
+        (end, its duration)."""
+        return (span.begin, 0), (span.end, self.dur[span.end])
+
     def units_held(self, period: int, offsets: dict[Pass, int], variants: dict[int, str],
                    ranks: range | list[int] | None = None) -> list[int]:
         """Per rank, memory units above static that the model counts for this block (0 for ranks
@@ -174,10 +189,11 @@ class BlockSpec:
         for r in ranks:
             spans = [span for span in active if span.rank == r]
             for at in {span.begin for span in spans}:
-                t = offsets[at]
-                level = sum(span.units * ((t - offsets[span.begin]) // period
-                                          - (t - offsets[span.end] - self.dur[span.end]) // period)
-                            for span in spans)
+                level = 0
+                for span in spans:
+                    (b, b_shift), (e, e_shift) = self.alive_terms(at, span)
+                    level += span.units * ((offsets[at] - offsets[b] - b_shift) // period
+                                           - (offsets[at] - offsets[e] - e_shift) // period)
                 held[r] = max(held[r], level)
         return held
 

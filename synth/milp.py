@@ -266,28 +266,28 @@ def add_memory_cap(prob, v: _Vars, spec: BlockSpec, period: int) -> None:
         return
     floors: dict[tuple, Any] = {}
 
-    def alive_floor(at: Pass, x: Pass, after: bool):
-        key = (at, x, after)
-        if key not in floors:
-            q = prob.add_variable(f"floor_{at.name}_{x.name}_{int(after)}", -bound, bound, cat=pulp.LpInteger)
-            diff = v.start[at] - v.start[x] - (spec.dur[x] if after else 0)
-            prob.addConstraint(period * q <= diff, f"floor_lo_{at.name}_{x.name}_{int(after)}")
-            prob.addConstraint(diff <= period * q + period - 1, f"floor_hi_{at.name}_{x.name}_{int(after)}")
-            floors[key] = q
-        return floors[key]
+    def floor_of(at: Pass, x: Pass, shift: int):
+        """q = floor((start[at] - start[x] - shift) / T), as T q <= diff <= T q + T - 1."""
+        if (at, x, shift) not in floors:
+            name = f"{at.name}_{x.name}_{shift}"
+            q = prob.add_variable(f"floor_{name}", -bound, bound, cat=pulp.LpInteger)
+            diff = v.start[at] - v.start[x] - shift
+            prob.addConstraint(period * q <= diff, f"floor_lo_{name}")
+            prob.addConstraint(diff <= period * q + period - 1, f"floor_hi_{name}")
+            floors[(at, x, shift)] = q
+        return floors[(at, x, shift)]
 
-    for r in range(spec.p):
-        spans = [span for span in spec.lifespans if span.rank == r]
-        for at in sorted({span.begin for span in spans}):
-            terms = []
-            for i, span in enumerate(spans):
-                count = prob.add_variable(f"alive_{at.name}_{i}", 0, bound, cat=pulp.LpInteger)
-                prob += (count >= alive_floor(at, span.begin, False) - alive_floor(at, span.end, True)
-                         - 2 * bound * _inactive(v, spec, span)), f"alive_{at.name}_{i}"
-                terms.append(span.units * count)
-            _budget_row(prob, v, spec, r, terms, at, period)
-        if not spans:
-            _budget_row(prob, v, spec, r, [], None)
+    for r, at, spans in spec.allocation_instants():
+        terms = []
+        for i, span in enumerate(spans):
+            (b, b_shift), (e, e_shift) = spec.alive_terms(at, span)
+            count = prob.add_variable(f"alive_{at.name}_{i}", 0, bound, cat=pulp.LpInteger)
+            prob += (count >= floor_of(at, b, b_shift) - floor_of(at, e, e_shift)
+                     - 2 * bound * _inactive(v, spec, span)), f"alive_{at.name}_{i}"
+            terms.append(span.units * count)
+        _budget_row(prob, v, spec, r, terms, at, period)
+    for r in set(range(spec.p)) - {span.rank for span in spec.lifespans}:
+        _budget_row(prob, v, spec, r, [], None)
 
 
 def _inactive(v: _Vars, spec: BlockSpec, span):
