@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from ir import Costs, Placement
-from synth.blockspec import Answer, BlockError, BlockOptions, BlockSpec, Pass, block_spec, search_period
+from synth.blocksearch import Answer, search_period
+from synth.blockspec import BlockError, BlockOptions, BlockSpec, Pass, block_spec
 
 __all__ = ["SOLVERS", "Block", "BlockError", "BlockOptions", "Pass", "solve_block", "solve_spec"]
 

@@ -59,7 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.blockspec import Answer, BlockError, BlockOptions, BlockSpec, Pass, search_period
+from synth.blocksearch import Answer, search_period
+from synth.blockspec import BlockError, BlockOptions, BlockSpec, Pass
 
 __all__ = ["MILP_SOLVERS", "main", "solve_spec_milp"]
 

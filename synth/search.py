@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from ir import Costs, Placement, Schedule, ScheduleError, Timeline, simulate
 from ir.verify import MEMORY_RTOL
 from synth.blocks import Block, BlockError, BlockOptions, block_from_answer, solve_block
-from synth.blockspec import Answer, block_spec, sequential_block
+from synth.blocksearch import Answer, sequential_block
+from synth.blockspec import block_spec
 from synth.tile import squeeze, tile
 
 __all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "make_placement",

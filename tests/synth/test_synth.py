@@ -12,7 +12,8 @@ from ir.jsonio import load
 from synth.baselines import build
 from synth.baselines.common import even_split_costs
 from synth.blocks import BlockOptions, solve_block
-from synth.blockspec import BlockSpec, block_spec, least_memory
+from synth.blocksearch import least_memory
+from synth.blockspec import BlockSpec, block_spec
 from synth.cli import main as synth_main
 from synth.search import NoScheduleFits, SynthOptions, synthesize
 from synth.tile import squeeze, tile
