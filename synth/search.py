@@ -19,7 +19,7 @@ from ir.verify import MEMORY_RTOL
 from synth.blocks import Block, BlockError, BlockOptions, block_from_answer, solve_block
 from synth.blocksearch import Answer, sequential_block
 from synth.blockspec import block_spec
-from synth.tile import squeeze, tile
+from synth.tile import squeeze_timed, tile
 
 __all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "make_placement",
            "synthesize"]
@@ -225,8 +225,8 @@ def _synthesize_one(kind: str, costs: Costs, placement: Placement, m: int, k: in
     block = solve_block(costs, placement, block_options, solver=options.solver)
     schedule = tile(block, placement, m, k=k, solver=options.solver, proven=block.proven,
                     solve_seconds=round(block.solve_seconds, 3))
-    schedule = squeeze(schedule, costs, mem_cap)
-    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began)
+    schedule, timeline = squeeze_timed(schedule, costs, mem_cap)
+    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began, timeline)
 
 
 def _sequential_one(kind: str, costs: Costs, placement: Placement, m: int, k: int, mem_cap: float | None,
@@ -237,8 +237,8 @@ def _sequential_one(kind: str, costs: Costs, placement: Placement, m: int, k: in
     spec = block_spec(costs, placement, _block_options(options, k, None))
     offsets, variants = sequential_block(spec)
     block = block_from_answer(spec, Answer(spec.max_period, offsets, variants, False, ()), 0.0, "sequential")
-    schedule = squeeze(tile(block, placement, m, k=k, solver="sequential"), costs, mem_cap)
-    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began)
+    schedule, timeline = squeeze_timed(tile(block, placement, m, k=k, solver="sequential"), costs, mem_cap)
+    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began, timeline)
 
 
 def _baselines(p: int, m: int, k: int, costs_of, mem_cap: float | None, skipped: list) -> list[Candidate]:
@@ -264,8 +264,9 @@ def _baselines(p: int, m: int, k: int, costs_of, mem_cap: float | None, skipped:
 
 
 def _evaluate(name: str, schedule: Schedule, costs: Costs, mem_cap: float | None, block: Block | None = None,
-              seconds: float = 0.0) -> Candidate:
-    timeline = simulate(schedule, costs)  # runs verify's structural rules (deadlock included) first
+              seconds: float = 0.0, timeline: Timeline | None = None) -> Candidate:
+    if timeline is None:
+        timeline = simulate(schedule, costs)  # runs verify's structural rules (deadlock included) first
     fits = mem_cap is None or max(timeline.peak) <= mem_cap * (1 + MEMORY_RTOL)
     return Candidate(name, schedule, costs, timeline, fits, block, seconds)
 

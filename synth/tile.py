@@ -18,12 +18,12 @@ then the tiled order. The squeezed schedule is kept only if its simulated makesp
 
 from __future__ import annotations
 
-from ir import Action, Costs, Op, Placement, Schedule, simulate
+from ir import Action, Costs, Op, Placement, Schedule, Timeline, simulate
 from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
 from ir.verify import MEMORY_RTOL
 from synth.blocks import Block
 
-__all__ = ["squeeze", "tile"]
+__all__ = ["squeeze", "squeeze_timed", "tile"]
 
 # At equal times (possible only across a rank's two streams) a copy op goes after compute.
 _ORDER = {Op.F: 0, Op.R: 1, Op.B: 2, Op.BW: 2, Op.W: 3, Op.OFFLOAD: 4, Op.RELOAD: 5}
@@ -51,10 +51,15 @@ def squeeze(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> S
     loads forwards in their warm-ups). Without a cap, schedules with copy-stream actions come back
     as they are (their memory depends on timing, not only on order); with one, every variant is
     judged by its simulated peak."""
-    if mem_cap is None and any(a.op.stream.value != "compute" for _, _, a in schedule.actions()):
-        return schedule  # with copies, memory depends on timing: only a cap can say what is safe
+    return squeeze_timed(schedule, costs, mem_cap)[0]
+
+
+def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> tuple[Schedule, Timeline]:
+    """`squeeze`, with the simulation of the schedule it returns (so callers need not run it again)."""
     timeline = simulate(schedule, costs)
-    best, best_time, peak = schedule, timeline.makespan, timeline.peak
+    if mem_cap is None and any(a.op.stream.value != "compute" for _, _, a in schedule.actions()):
+        return schedule, timeline  # with copies, memory depends on timing: only a cap can say what is safe
+    best, peak = (schedule, timeline), timeline.peak
     rules = [(peak, False)]
     if mem_cap is not None:  # forwards may run ahead into part or all of the headroom
         rules = [(tuple(mem_cap for _ in peak), False)] + [
@@ -69,8 +74,8 @@ def squeeze(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> S
         timeline = simulate(candidate, costs)
         within = all(a <= (b if mem_cap is None else mem_cap) * (1 + MEMORY_RTOL)
                      for a, b in zip(timeline.peak, peak, strict=True))
-        if within and timeline.makespan < best_time - 1e-9:
-            best, best_time = candidate, timeline.makespan
+        if within and timeline.makespan < best[1].makespan - 1e-9:
+            best = (candidate, timeline)
     return best
 
 
