@@ -105,6 +105,10 @@ class BlockSpec:
         horizon: an upper bound on any start (room for a gap of up to ``max_period`` before every pass).
         max_period: the length of the block run one pass at a time; every period from there up
             admits a block if the memory does.
+        memory: the block's memory model, "exact" or "ceil".
+        exact: no rounding was needed: every duration and latency is a whole number of ticks and
+            every byte count a whole number of memory units, so a bound proven on this data holds
+            for the costs themselves (else the data round up and bounds hold for the model only).
     """
 
     p: int
@@ -125,6 +129,7 @@ class BlockSpec:
     anchors: dict[int, Pass] = field(default_factory=dict)
     max_period: int = 0
     memory: str = "exact"
+    exact: bool = False
 
     @property
     def first(self) -> Pass:
@@ -210,7 +215,7 @@ class BlockSpec:
             "lifespans": [[s.rank, s.stage, s.variant, key(s.begin), key(s.end), s.units] for s in self.lifespans],
             "budget": None if self.budget is None else list(self.budget), "static": list(self.static),
             "horizon": self.horizon, "anchors": {str(r): key(x) for r, x in self.anchors.items()},
-            "max_period": self.max_period, "memory": self.memory,
+            "max_period": self.max_period, "memory": self.memory, "exact": self.exact,
         }
 
     @classmethod
@@ -233,12 +238,16 @@ class BlockSpec:
             tuple(Lifespan(r, s, v, pass_(b), pass_(e), u) for r, s, v, b, e, u in obj["lifespans"]),
             None if obj["budget"] is None else tuple(obj["budget"]), tuple(obj["static"]), obj["horizon"],
             {int(r): pass_(x) for r, x in obj["anchors"].items()}, obj["max_period"], obj["memory"],
+            bool(obj.get("exact", False)),
         )
 
 
 # ---------------------------------------------------------------------------------------- build
-def block_spec(costs: Costs, placement: Placement, options: BlockOptions) -> BlockSpec:
+def block_spec(costs: Costs, placement: Placement, options: BlockOptions, *, rounded: bool = True) -> BlockSpec:
     """The integer data of the block model for these costs, placement and options.
+
+    With ``rounded=False`` the same data come unrounded (tick = one cost unit, memory unit = one
+    byte, durations and bytes as floats): the problem itself, for analytic bounds on real costs.
 
     Raises:
         BlockError: the costs do not match the placement, or recompute/offload with slices.
@@ -264,33 +273,49 @@ def block_spec(costs: Costs, placement: Placement, options: BlockOptions) -> Blo
                 for op in (Op.OFFLOAD, Op.RELOAD):
                     raw[Pass(s, j, op)] = costs.duration(Pass(s, j, op).action())
                     optional[Pass(s, j, op)] = "offload"
-    tick = _tick([d for d in raw.values() if d > 0], options.ticks)
-    dur = {x: max(1, math.ceil(d / tick - 1e-9)) if d > 0 else 0 for x, d in raw.items()}
+    tick = _tick([d for d in raw.values() if d > 0], options.ticks) if rounded else 1.0
+    up = _round_up if rounded else _as_is
+    dur = {x: max(1, up(d / tick)) if d > 0 and rounded else up(d / tick) for x, d in raw.items()}
     rank = {x: placement.rank_of(x.stage) for x in dur}
     copy = frozenset(x for x in dur if x.op in (Op.OFFLOAD, Op.RELOAD))
     comm = {}
     for s in range(costs.num_stages - 1):
         crosses = placement.rank_of(s) != placement.rank_of(s + 1)
         for j in range(costs.k):
-            comm[(s, j)] = math.ceil(costs.unit(s, j).comm / tick - 1e-9) if crosses else 0
+            comm[(s, j)] = up(costs.unit(s, j).comm / tick) if crosses else 0
     choices = {s: tuple(v for v, on in (("recompute", options.recompute), ("offload", options.offload)) if on)
                for s in range(costs.num_stages)}
-    biggest = max(u.act for row in costs.units for u in row) or 1.0
-    mem_unit = biggest / 1000
+    sizes = [x for row in costs.units for u in row for x in (u.act, u.wact, u.act - u.wact, u.inp) if x > 0]
+    mem_unit = _tick(sizes, 1000) if sizes and rounded else 1.0
     static = tuple(float(costs.static_of(r)) for r in range(placement.p))
     budget = None
     if options.mem_cap is not None:
-        budget = tuple(math.floor((options.mem_cap - static[r]) / mem_unit + 1e-9) for r in range(placement.p))
+        room = [(options.mem_cap - static[r]) / mem_unit for r in range(placement.p)]
+        budget = tuple(math.floor(x + 1e-9) if rounded else x for x in room)
     # A block may need idle gaps (modular no-overlap), so starts get room for a gap of up to the
     # longest period searched before every pass; with starts bounded by the sequential length
     # alone, feasibility would jump around in T (found by the MILP twin's cross-check).
     max_period = sum(dur.values()) + 2 * sum(comm.values()) + 1
     horizon = max_period * (len(dur) + 1)
     anchors = {r: Pass(placement.stages_of(r)[0], 0, Op.F) for r in range(placement.p)}
+    spans = _lifespans(costs, placement, split, options, mem_unit, up)
+    latencies = [costs.unit(s, j).comm for s in range(costs.num_stages - 1) for j in range(costs.k)]
+    exact = all(_whole(x / tick) for x in [*raw.values(), *latencies]) and all(_whole(x / mem_unit) for x in sizes)
     return BlockSpec(placement.p, costs.num_stages, split, tick, mem_unit, dur, rank, copy, optional, choices,
-                     _edges(dur, comm, costs.num_stages, costs.k, split),
-                     _lifespans(costs, placement, split, options, mem_unit), budget, static, horizon, anchors,
-                     max_period, options.memory)
+                     _edges(dur, comm, costs.num_stages, costs.k, split), spans, budget, static, horizon, anchors,
+                     max_period, options.memory, exact)
+
+
+def _round_up(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+def _as_is(x: float) -> float:
+    return x
+
+
+def _whole(x: float) -> bool:
+    return abs(x - round(x)) <= 1e-9 * max(1.0, abs(x))
 
 
 def _tick(durations: list[float], target: int) -> float:
@@ -340,7 +365,7 @@ def _edges(dur: dict[Pass, int], comm: dict[tuple[int, int], int], num_stages: i
 
 
 def _lifespans(costs: Costs, placement: Placement, split: bool, options: BlockOptions,
-               mem_unit: float) -> tuple[Lifespan, ...]:
+               mem_unit: float, up=_round_up) -> tuple[Lifespan, ...]:
     """Per unit and variant, the spans that hold memory (DESIGN.md's memory table).
 
     keep: act - wact from F to B and wact from F to W (act from F to BW); recompute: inp from F to
@@ -368,5 +393,5 @@ def _lifespans(costs: Costs, placement: Placement, split: bool, options: BlockOp
                 for begin, end, nbytes in items:
                     if nbytes > 0:
                         spans.append(Lifespan(r, s, variant, Pass(s, j, begin), Pass(s, j, end),
-                                              math.ceil(nbytes / mem_unit - 1e-9)))
+                                              up(nbytes / mem_unit)))
     return tuple(spans)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from ir.files import check_writable
@@ -67,6 +68,10 @@ def add_synth_arguments(parser: argparse.ArgumentParser, *, outputs: bool = True
     group.add_argument("--time-limit", type=_seconds, default=1.25,
                        help="seconds per building block (per placement) for CP-SAT, per solve for the MILP "
                             "(default 1.25: four placements and the baselines in under 10 s on 2 cores)")
+    group.add_argument("--optimize", default="auto", choices=["auto", "block", "full"],
+                       help="block: building blocks only; full: then the full-horizon model on the best "
+                            "placement, improving it within --time-limit and proving a bound; auto: full when "
+                            "that model is small enough to help within --time-limit (default auto)")
     group.add_argument("--memory-model", default="exact", choices=["exact", "ceil"],
                        help="the block's memory: exact (the periodic curve at every allocation) or ceil "
                             "(Controllable Memory's ceil(lifespan / T) per lifespan) (default exact)")
@@ -99,7 +104,8 @@ def _run(args: argparse.Namespace) -> tuple[Synthesis, dict, float]:
     kinds = PLACEMENTS if args.placement == "auto" else (args.placement,)
     options = SynthOptions(placements=kinds, chunks=args.chunks, split_backward=args.split_backward,
                            recompute=args.recompute, offload=args.offload, solver=args.solver,
-                           time_limit=args.time_limit, memory=args.memory_model)
+                           time_limit=args.time_limit, memory=args.memory_model,
+                           optimize=getattr(args, "optimize", "block"), progress=ProgressLine())
     return synthesize(costs_for, args.stages, m, cap, k=args.slices, options=options), problems, cap
 
 
@@ -116,7 +122,9 @@ def _header(problem: Problem, cap: float, args: argparse.Namespace) -> str:
 def _row(c: Candidate, problems: dict, cap: float, mark: str = "") -> list[str]:
     t = _problem_of(c, problems).throughput(c.makespan)
     solver = ""
-    if c.block is not None:
+    if c.horizon is not None:
+        solver = f"{c.horizon.solver} {c.horizon.status} {c.horizon.seconds:.2f}s full horizon"
+    elif c.block is not None:
         status = "optimal" if c.block.proven else "time limit"
         solver = (f"{c.block.solver} {status} {c.block.solve_seconds:.2f}s" if c.block.solver != "sequential"
                   else "one microbatch at a time")
@@ -167,6 +175,11 @@ def synth_command(args: argparse.Namespace) -> int:
     else:
         gain = baseline.makespan / chosen.makespan - 1
         print(f"vs best fitting baseline ({baseline.name}): {100 * gain:+.1f}% throughput")
+    print(_bound_line(result))
+    if result.refined is not None:
+        print(_refined_line(result.refined))
+    elif result.not_refined:
+        print(result.not_refined)
     if chosen.block is not None:
         b = chosen.block
         print(f"block: period {b.period * b.tick:.2f} ms ({b.period} ticks of {b.tick:.3f} ms), "
@@ -178,6 +191,48 @@ def synth_command(args: argparse.Namespace) -> int:
           f"in {result.seconds:.1f} s")
     _write(chosen, problem, args)
     return 0
+
+
+class ProgressLine:
+    """Prints the full-horizon solve's progress to stderr: objective, bound and gap over time, at
+    every improvement of the schedule and at most once a second for the bound alone."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+        self.last: tuple | None = None
+        self.printed_at = -math.inf
+
+    def __call__(self, seconds: float, makespan: float | None, bound: float) -> None:
+        if self.last == (makespan, bound):
+            return
+        improved = self.last is None or makespan != self.last[0]
+        if not improved and seconds - self.printed_at < 1:
+            return
+        self.last, self.printed_at = (makespan, bound), seconds
+        gap = "" if makespan is None or makespan <= 0 else f", gap {100 * max(0.0, 1 - bound / makespan):.1f}%"
+        found = "none yet" if makespan is None else f"{makespan:,.1f} ms"
+        print(f"  full horizon {seconds:6.1f} s: makespan {found}, bound {bound:,.1f} ms{gap}",
+              file=self.stream or sys.stderr, flush=True)
+
+
+def _bound_line(result: Synthesis) -> str:
+    bound = result.bound
+    if bound is None or not math.isfinite(bound.value):
+        return "lower bound: none"
+    extra = "" if bound.source.startswith("analytic") else f"; analytic {bound.analytic:,.1f} ms"
+    return (f"lower bound: {bound.value:,.1f} ms ({bound.source}, any {bound.placement}-placement schedule{extra}); "
+            f"gap {100 * result.gap:.1f}%")
+
+
+def _refined_line(c: Candidate) -> str:
+    r = c.horizon
+    tick = c.schedule.meta.get("tick", 1.0)
+    exact = c.schedule.meta.get("exact", False)
+    what = ("proven optimal" + ("" if exact else " for the model (durations rounded up to ticks)") if r.proven
+            else f"{r.status}, model bound {r.bound * tick:,.1f} ms")
+    return (f"full horizon ({r.solver}, {r.seconds:.1f} s): {c.makespan:,.1f} ms simulated "
+            f"({r.makespan * tick:,.1f} ms in the model's ticks), {what}"
+            + ("" if c.fits else "; over the cap in simulation, not used"))
 
 
 def compare_command(args: argparse.Namespace) -> int:

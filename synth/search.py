@@ -9,16 +9,19 @@ and slicing, and judged by its simulated makespan and its simulated peak against
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ir import Costs, Placement, Schedule, ScheduleError, Timeline, simulate
 from ir.verify import MEMORY_RTOL
 from synth.blocks import Block, BlockError, BlockOptions, block_from_answer, solve_block
 from synth.blocksearch import Answer, sequential_block
 from synth.blockspec import block_spec
+from synth.refine import AUTO_JOBS_PER_SECOND, Bound, full_horizon, gap, horizon_jobs, lower_bound, raise_bound
 from synth.tile import squeeze_timed, tile
 
 __all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "make_placement",
@@ -52,6 +55,10 @@ class SynthOptions:
         ticks: time resolution of the block model (ticks for the longest pass).
         baselines: evaluate the library too (the safety net).
         memory: the block's memory model, "exact" or "ceil" (see `synth.blocks`).
+        optimize: "block" (blocks only), "full" (then the full-horizon model on the best
+            placement, hinted with what the blocks and the baselines found), or "auto" (full when
+            the model is small enough to help within ``time_limit``: see ``synth.refine``).
+        progress: ``progress(seconds, makespan_ms or None, bound_ms)`` during the full-horizon solve.
     """
 
     placements: tuple[str, ...] = ("standard",)
@@ -64,6 +71,8 @@ class SynthOptions:
     ticks: int = 60
     baselines: bool = True
     memory: str = "exact"
+    optimize: str = "block"
+    progress: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class Candidate:
         fits: simulated peak <= cap on every rank.
         block: the solved block, for synthesized candidates.
         seconds: time to build it (solve + tile + squeeze), for synthesized candidates.
+        horizon: the full-horizon solve's result, for the refined candidate.
     """
 
     name: str
@@ -87,10 +97,11 @@ class Candidate:
     fits: bool
     block: Block | None = None
     seconds: float = 0.0
+    horizon: Any = None
 
     @property
     def synthesized(self) -> bool:
-        return self.block is not None
+        return self.block is not None or self.horizon is not None
 
     @property
     def makespan(self) -> float:
@@ -130,6 +141,9 @@ class Synthesis:
         skipped: ``(name, reason)`` for placements and baselines that gave nothing.
         mem_cap: the cap, bytes per rank (None: no cap).
         seconds: wall time of the whole search.
+        bound: a lower bound on the makespan of any schedule on the chosen one's placement.
+        refined: the full-horizon candidate (``optimize`` full or auto), if the solve ran.
+        not_refined: why the full-horizon solve did not run (auto: the model is too large).
     """
 
     chosen: Candidate
@@ -138,6 +152,14 @@ class Synthesis:
     skipped: tuple[tuple[str, str], ...]
     mem_cap: float | None
     seconds: float
+    bound: Bound | None = None
+    refined: Candidate | None = None
+    not_refined: str = ""
+
+    @property
+    def gap(self) -> float | None:
+        """The chosen schedule's distance from the bound, ``(makespan - bound) / makespan``."""
+        return gap(self.chosen.makespan, self.bound)
 
     @property
     def best_synthesized(self) -> Candidate | None:
@@ -149,7 +171,8 @@ class Synthesis:
 
     def ranked(self) -> list[Candidate]:
         """Every candidate, fitting ones first, then by makespan and peak."""
-        return sorted((*self.synthesized, *self.baselines), key=_rank_key)
+        refined = () if self.refined is None else (self.refined,)
+        return sorted((*refined, *self.synthesized, *self.baselines), key=_rank_key)
 
 
 def make_placement(kind: str, p: int, chunks: int = 2) -> Placement:
@@ -208,9 +231,62 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
     fitting = [c for c in (*synthesized, *baselines) if c.fits]
     if not fitting:
         raise _no_fit(mem_cap, baselines, sequential)
-    chosen = min(fitting, key=lambda c: (*_rank_key(c)[1:], 0 if c.synthesized else 1))
+    chosen = _choose(fitting)
+    kinds = {make_placement(kind, p, options.chunks).stage_to_rank: kind for kind in options.placements
+             if f"synth/{kind}" in {c.name for c in synthesized}}
+    refined, not_refined, solved = None, "", None
+    # The full horizon refines the chosen schedule's placement, or the best synthesized one's when
+    # the chosen schedule is a baseline on a placement the search did not solve.
+    base = chosen if chosen.schedule.placement.stage_to_rank in kinds else _best(synthesized)
+    if options.optimize != "block" and base is not None:
+        kind = kinds[base.schedule.placement.stage_to_rank]
+        refined, not_refined, solved = _refine(kind, base, (*synthesized, *baselines), m, k, mem_cap, options)
+        if refined is not None and refined.fits:
+            chosen = _choose([chosen, refined])
+    bound = lower_bound(chosen.costs, chosen.schedule.placement,
+                        kinds.get(chosen.schedule.placement.stage_to_rank, chosen.placement), m, mem_cap,
+                        chosen.schedule.k)
+    if solved is not None and chosen.schedule.placement.stage_to_rank in kinds:
+        bound = raise_bound(bound, *solved, chosen.schedule)
     return Synthesis(chosen, tuple(synthesized), tuple(baselines), tuple(skipped), mem_cap,
-                     time.perf_counter() - began)
+                     time.perf_counter() - began, bound, refined, not_refined)
+
+
+def _choose(fitting: list[Candidate]) -> Candidate:
+    return min(fitting, key=lambda c: (*_rank_key(c)[1:], 0 if c.synthesized else 1))
+
+
+def _refine(kind: str, chosen: Candidate, candidates, m: int, k: int, mem_cap: float | None,
+            options: SynthOptions) -> tuple[Candidate | None, str, tuple | None]:
+    """The full-horizon solve on the chosen schedule's placement, hinted with every candidate on it.
+    Returns the refined candidate (None if none), why it did not run (auto), and ``(horizon,
+    result)`` for the bound."""
+    placement, costs = chosen.schedule.placement, chosen.costs
+    block_options = _block_options(options, k, mem_cap)
+    jobs = horizon_jobs(placement, m, k, block_options)
+    if options.optimize == "auto" and jobs > AUTO_JOBS_PER_SECOND * options.time_limit:
+        return None, (f"full-horizon model not solved: {jobs} jobs need about "
+                      f"{math.ceil(jobs / AUTO_JOBS_PER_SECOND)} s or more; use --optimize full with a larger "
+                      f"--time-limit"), None
+    began = time.perf_counter()
+    hints = [c.schedule for c in sorted(candidates, key=_rank_key)
+             if c.schedule.placement == placement and c.schedule.k == k]
+    progress = None
+    if options.progress is not None:
+        tick = block_spec(costs, placement, block_options).tick
+
+        def progress(seconds: float, makespan: int | None, bound: int) -> None:
+            options.progress(seconds, None if makespan is None else makespan * tick, bound * tick)
+    try:
+        schedule, result, h = full_horizon(costs, placement, m, block_options, hints, options.solver, progress)
+    except BlockError as err:
+        return None, f"full-horizon model not solved: {err}", None
+    if schedule is None:
+        return None, f"full-horizon model: no schedule found ({result.status})", (h, result)
+    schedule, timeline = squeeze_timed(schedule, costs, mem_cap)
+    candidate = _evaluate(f"synth-full/{kind}", schedule, costs, mem_cap, None, time.perf_counter() - began,
+                          timeline)
+    return dataclasses.replace(candidate, horizon=result), "", (h, result)
 
 
 def _block_options(options: SynthOptions, k: int, mem_cap: float | None) -> BlockOptions:

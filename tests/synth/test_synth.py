@@ -158,3 +158,39 @@ def test_synth_with_the_milp_twin_and_the_papers_memory_bound(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "(chosen)" in text and "highs " in text and out.exists()  # the synthesized row names its solver
     verify(load(out))
+
+
+# ----------------------------------------------------------------------------- full horizon (issue 6)
+@pytest.mark.parametrize("solver", ["cpsat", "highs"])
+def test_full_horizon_refines_the_block_and_proves_its_bound(solver):
+    # p = 4, m = 6, F = B = W = 1, cap = half of 1F1B's peak, no recompute/offload: the data are
+    # exact, so the solver's proven bound holds for the problem and the gap closes.
+    p, m = 4, 6
+    options = SynthOptions(placements=("standard",), recompute=False, offload=False, baselines=False,
+                           solver=solver, time_limit=20.0, optimize="full")
+    result = synthesize(lambda placement, k: Costs.uniform(placement.num_stages, act=1.0, wact=0.5), p, m, 2.0,
+                        options=options)
+    refined, block = result.refined, result.best_synthesized
+    assert refined is not None and refined.fits and refined.horizon.proven
+    assert refined.makespan <= block.makespan
+    assert result.chosen.makespan == refined.makespan
+    assert result.bound.source == f"{solver} proven" and result.bound.value == refined.makespan
+    assert result.gap == 0.0
+    verify(refined.schedule, refined.costs, mem_cap=2.0)
+
+
+def test_auto_skips_the_full_horizon_when_the_model_is_too_large_for_the_time_limit():
+    options = SynthOptions(placements=("standard",), baselines=False, time_limit=0.2, optimize="auto")
+    result = synthesize(unit_costs, 4, 16, 4.0, options=options)
+    assert result.refined is None and "jobs" in result.not_refined and "--optimize full" in result.not_refined
+    assert result.bound is not None and result.bound.source.startswith("analytic")
+    assert result.bound.value <= result.chosen.makespan
+
+
+def test_synth_optimize_full_prints_the_bound_and_the_refinement(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert synth_main([*SMALL, "--placement", "standard", "--mem-cap", "80GB", "--optimize", "full",
+                       "--time-limit", "2", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lower bound:" in text and "gap" in text and "full horizon (cpsat" in text
+    verify(load(out))

@@ -1,0 +1,135 @@
+"""Analytic lower bounds on the makespan, independent of any solver.
+
+Every bound below holds for every schedule of ``m`` microbatches with the spec's placement,
+passes and memory budgets, whichever of the allowed variants (keep, recompute, offload) each
+unit picks. On a spec built with ``block_spec(..., rounded=False)`` the numbers are the real
+costs (milliseconds and bytes), so the bounds hold for the problem itself; on the rounded spec
+they hold for the integer model the solvers see.
+
+- **Work** (per rank): no pass on the rank can start before its earliest possible start (the
+  longest precedence path to it, fill), the rank's compute stream then runs all its mandatory
+  passes of all microbatches one at a time, and after the last of them the rest of that
+  microbatch's chain still has to run (drain: the smallest tail among the rank's passes).
+- **Pass** (per pass of one microbatch): its m copies share one rank, so the last ends no
+  earlier than its earliest start plus m durations, and its tail follows.
+- **Memory** (per rank, under a cap): each microbatch's unit holds, in its cheapest variant, at
+  least ``bytes x shortest lifespan`` of memory-time (a lifespan runs from its first pass's start
+  to its last pass's end, which the precedences keep apart); the rank never holds more than its
+  budget, so the makespan is at least the total memory-time over the budget.
+
+Optional passes (R, OFFLOAD, RELOAD) are left out of work and paths: that only lowers the bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from synth.blockspec import BlockSpec, Pass
+
+__all__ = ["Bound", "analytic_bound"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The best analytic bound, in the spec's time units, and the family that gives it:
+    "work", "pass" or "memory" (inf with "memory" if some rank's budget cannot hold even one
+    microbatch's cheapest lifespan)."""
+
+    value: float
+    kind: str
+    parts: dict[str, float]
+
+
+def analytic_bound(spec: BlockSpec, m: int) -> Bound:
+    """The largest of the work, pass and memory bounds for ``m`` microbatches of ``spec``."""
+    mandatory = [x for x in spec.dur if x not in spec.optional]
+    keep = set(mandatory)
+    head, tail = _paths(spec, keep)
+    parts = {"work": 0.0, "pass": 0.0, "memory": 0.0}
+    for r in range(spec.p):
+        mine = [x for x in mandatory if spec.rank[x] == r and x not in spec.copy]
+        if mine:
+            work = m * sum(spec.dur[x] for x in mine)
+            parts["work"] = max(parts["work"], min(head[x] for x in mine) + work + min(tail[x] for x in mine))
+    for x in mandatory:
+        parts["pass"] = max(parts["pass"], head[x] + m * spec.dur[x] + tail[x])
+    if spec.budget is not None:
+        parts["memory"] = _memory_bound(spec, m)
+    kind = max(parts, key=lambda k: parts[k])
+    return Bound(parts[kind], kind, parts)
+
+
+def _paths(spec: BlockSpec, passes: set[Pass]) -> tuple[dict[Pass, float], dict[Pass, float]]:
+    """Per pass, the longest precedence path to its start (head) and from its end (tail)."""
+    preds: dict[Pass, list[tuple[Pass, float]]] = {x: [] for x in passes}
+    succs: dict[Pass, list[tuple[Pass, float]]] = {x: [] for x in passes}
+    for later, earlier, gap in spec.edges:
+        if later in passes and earlier in passes:
+            preds[later].append((earlier, gap))
+            succs[earlier].append((later, gap))
+    order = _topological(passes, preds)
+    head: dict[Pass, float] = {}
+    for x in order:
+        head[x] = max((head[e] + spec.dur[e] + g for e, g in preds[x]), default=0)
+    tail: dict[Pass, float] = {}
+    for x in reversed(order):
+        tail[x] = max((g + spec.dur[y] + tail[y] for y, g in succs[x]), default=0)
+    return head, tail
+
+
+def _topological(passes: set[Pass], preds: dict[Pass, list]) -> list[Pass]:
+    done: set[Pass] = set()
+    order: list[Pass] = []
+    todo = sorted(passes)
+    while todo:
+        rest = []
+        for x in todo:
+            if all(e in done for e, _ in preds[x]):
+                order.append(x)
+                done.add(x)
+            else:
+                rest.append(x)
+        if len(rest) == len(todo):
+            raise ValueError("the block's precedences have a cycle")
+        todo = rest
+    return order
+
+
+def _memory_bound(spec: BlockSpec, m: int) -> float:
+    area = [0.0] * spec.p
+    for s in range(spec.num_stages):
+        for j in range(1 + max(x.slice for x in spec.dur)):
+            cheapest = math.inf
+            for variant in ("keep", *spec.choices.get(s, ())):
+                passes = {x for x in spec.dur if x not in spec.optional or spec.optional[x] == variant}
+                spans = [span for span in spec.lifespans if span.stage == s and span.begin.slice == j
+                         and span.variant == variant]
+                cost = 0.0
+                for span in spans:
+                    cost += span.units * _distance(spec, passes, span.begin, span.end)
+                cheapest = min(cheapest, cost)
+            if cheapest < math.inf:
+                area[spec.rank[Pass(s, j, spec.first.op)]] += m * cheapest
+    bound = 0.0
+    for r, need in enumerate(area):
+        room = spec.budget[r]
+        if need <= 0:
+            continue
+        bound = max(bound, math.inf if room <= 0 else need / room)
+    return bound
+
+
+def _distance(spec: BlockSpec, passes: set[Pass], begin: Pass, end: Pass) -> float:
+    """The shortest time from ``begin``'s start to ``end``'s end: the longest precedence path
+    between them (just ``end``'s duration if none leads there)."""
+    preds: dict[Pass, list[tuple[Pass, float]]] = {x: [] for x in passes}
+    for later, earlier, gap in spec.edges:
+        if later in passes and earlier in passes:
+            preds[later].append((earlier, gap))
+    dist: dict[Pass, float] = {begin: 0}
+    for x in _topological(passes, preds):
+        reach = [dist[e] + spec.dur[e] + g for e, g in preds[x] if e in dist]
+        if reach and x != begin:
+            dist[x] = max(reach)
+    return dist.get(end, 0) + spec.dur[end]

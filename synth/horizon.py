@@ -1,0 +1,307 @@
+"""The full-horizon schedule as a CP-SAT model: every pass of every microbatch, makespan objective.
+
+The block model (``synth.blocks``) is exact for the stable phase; warm-up, cool-down and per-
+microbatch recompute/offload need the whole horizon. This file reads like an OR-Tools sample:
+data, variables, one helper per constraint family, objective, hints, solve, decode.
+
+- Data: a ``synth.horizonspec.Horizon`` (jobs = passes x microbatches in ticks, precedences with
+  comm latency, lifespans in memory units, budgets), the same data the MILP twin reads.
+- Variables: one interval per job (optional, with its group's variant literal as presence, for
+  R, OFFLOAD and RELOAD); exactly one variant literal per (stage, microbatch) group that may
+  recompute or offload; one optional interval per lifespan; the makespan.
+- Constraints: NoOverlap per rank for the compute stream and for the copy stream; precedences
+  ``start[later] >= end[earlier] + gap`` when both jobs exist; per rank a cumulative over the
+  lifespan intervals (F start to B end for ``act - wact``, F start to W end for ``wact``, and
+  the recompute/offload variants' spans) within the budget; the makespan at least every job's
+  end and at least the analytic bound (``synth.bounds``, on the model's own integers).
+- Objective: makespan first, then the fewest recompute/offload decisions (so none is made for
+  nothing): ``makespan * weight + decisions`` with ``weight`` above any decision count; the
+  makespan bound is ``floor(objective bound / weight)``.
+- Hints: the given solutions (the tiled block's schedule, the best fitting baseline); the best
+  one that satisfies the model (``fits_model``) also caps the makespan, so the search can only improve on it,
+  and stands as the answer if the solver returns none.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from ir import Op
+from synth.blockspec import Pass
+from synth.bounds import analytic_bound
+from synth.horizonspec import KEEP, Horizon, Solution, exists, fits_model
+
+__all__ = ["HorizonResult", "Progress", "solve_horizon"]
+
+Progress = Callable[[float, int | None, int], None]  # (seconds, makespan or None, bound), ticks
+
+
+@dataclass
+class HorizonResult:
+    """What a full-horizon solve found.
+
+    Attributes:
+        solution: the best solution (None if there is none: no hint fits and the solver found none).
+        makespan: its makespan in ticks (None without a solution).
+        bound: the proven lower bound on the makespan in ticks (the solver's or the analytic one).
+        proven: the solution is optimal (``makespan == bound``).
+        status: "optimal", "feasible", "hint" (the solver found nothing better than the hint it was
+            given, which stands), "infeasible" (proven) or "unknown".
+        seconds: wall time of the solve.
+        solver: "cpsat", "highs" or "cbc".
+        history: ``(seconds, makespan or None, bound)`` at every improvement, in ticks.
+    """
+
+    solution: Solution | None
+    makespan: int | None
+    bound: int
+    proven: bool
+    status: str
+    seconds: float
+    solver: str
+    history: list[tuple[float, int | None, int]] = field(default_factory=list)
+
+    @property
+    def gap(self) -> float | None:
+        """``(makespan - bound) / makespan``, or None without a solution."""
+        if self.makespan is None:
+            return None
+        return 0.0 if self.makespan <= 0 else max(0.0, (self.makespan - self.bound) / self.makespan)
+
+
+@dataclass
+class _Vars:
+    start: dict[int, cp_model.IntVar]
+    present: dict[int, cp_model.IntVar | bool]
+    variant: dict[tuple[int, str], cp_model.IntVar]
+    interval: dict[int, cp_model.IntervalVar]
+    makespan: cp_model.IntVar
+    size: dict[int, cp_model.IntVar] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- variables
+def _variables(model: cp_model.CpModel, h: Horizon, upper: int) -> _Vars:
+    variant = {}
+    for g, options in enumerate(h.variants):
+        lits = {v: model.NewBoolVar(f"g{g}_{v}") for v in options}
+        model.AddExactlyOne(lits.values())
+        variant.update({(g, v): lit for v, lit in lits.items()})
+    start, present, interval = {}, {}, {}
+    for j, ((x, i), d) in enumerate(zip(h.jobs, h.dur, strict=True)):
+        start[j] = model.NewIntVar(0, max(0, upper - d), f"{x.name}_m{i}")
+        when = h.presence[j]
+        if when is None:
+            present[j] = True
+            interval[j] = model.NewFixedSizeIntervalVar(start[j], d, f"i_{x.name}_m{i}")
+        else:
+            present[j] = variant[when]
+            interval[j] = model.NewOptionalFixedSizeIntervalVar(start[j], d, present[j], f"i_{x.name}_m{i}")
+    return _Vars(start, present, variant, interval, model.NewIntVar(0, upper, "makespan"))
+
+
+def _literals(v: _Vars, jobs) -> list:
+    return [v.present[j] for j in jobs if v.present[j] is not True]
+
+
+# -------------------------------------------------------------------------------- constraints
+def add_no_overlap(model: cp_model.CpModel, v: _Vars, h: Horizon) -> None:
+    """One job at a time per rank on the compute stream, and on the copy stream."""
+    for r in range(h.spec.p):
+        for on_copy in (False, True):
+            jobs = [j for j in range(len(h.jobs)) if h.rank[j] == r and h.copy[j] == on_copy and h.dur[j] > 0]
+            if len(jobs) > 1:
+                model.AddNoOverlap([v.interval[j] for j in jobs])
+
+
+def add_precedences(model: cp_model.CpModel, v: _Vars, h: Horizon) -> None:
+    """``start[later] >= end[earlier] + gap`` whenever both jobs exist."""
+    for later, earlier, gap in h.edges:
+        ct = model.Add(v.start[later] >= v.start[earlier] + h.dur[earlier] + gap)
+        lits = _literals(v, (later, earlier))
+        if lits:
+            ct.OnlyEnforceIf(lits)
+
+
+def add_reload_timing(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int) -> None:
+    """A RELOAD starts at its OFFLOAD's end or exactly when a compute job of its rank starts
+    (not its own unit's B or R, which wait for it).
+
+    ``ir.simulate`` runs each rank's program as soon as possible in program order, so a copy
+    placed right after a compute job starts with it; the decoded program (``to_schedule``) puts it
+    there, and the simulation then allocates the reloaded bytes where the model did, however the
+    compute jobs shift. A RELOAD at any other instant could land elsewhere in simulation. This is
+    stricter than the simulator (which can also start a copy where another copy ends), so with
+    offload the model's bound holds for the model, not for every program: ``synth.refine`` claims
+    the solver's bound for the costs only for models without offload."""
+    reloads = [j for j, (x, _) in enumerate(h.jobs) if x.op is Op.RELOAD]
+    if not reloads:
+        return
+    index = h.index()
+    offers: dict[int, list] = {}
+    for j, (x, i) in enumerate(h.jobs):
+        if h.copy[j] or h.rank[j] not in {h.rank[q] for q in reloads}:
+            continue
+        offer = v.start[j]
+        if v.present[j] is not True:
+            offer = model.NewIntVar(-1, upper, f"offer_{x.name}_m{i}")
+            model.Add(offer == v.start[j]).OnlyEnforceIf(v.present[j])
+            model.Add(offer == -1).OnlyEnforceIf(v.present[j].Not())
+        offers[j] = offer
+    for j in reloads:
+        x, i = h.jobs[j]
+        own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
+        off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
+        choices = [v.start[off] + h.dur[off]]
+        choices += [t for q, t in offers.items() if h.rank[q] == h.rank[j] and q not in own]
+        at = model.NewIntVar(0, len(choices) - 1, f"at_{x.name}_m{i}")
+        model.AddElement(at, choices, v.start[j])
+
+
+def add_memory(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int) -> None:
+    """Per rank, the lifespans held at any instant fit the budget (a cumulative constraint)."""
+    if h.budget is None:
+        return
+    per_rank: list[tuple[list, list]] = [([], []) for _ in range(h.spec.p)]
+    for n, (r, b, e, units, when) in enumerate(h.spans):
+        if units <= 0:
+            continue
+        size = v.size[n] = model.NewIntVar(0, upper, f"span{n}")
+        end = v.start[e] + h.dur[e]
+        if when is None:
+            iv = model.NewIntervalVar(v.start[b], size, end, f"m{n}")
+        else:
+            iv = model.NewOptionalIntervalVar(v.start[b], size, end, v.variant[when], f"m{n}")
+        per_rank[r][0].append(iv)
+        per_rank[r][1].append(units)
+    for r, (intervals, demands) in enumerate(per_rank):
+        if intervals:
+            model.AddCumulative(intervals, demands, h.budget[r])
+
+
+def add_makespan(model: cp_model.CpModel, v: _Vars, h: Horizon, floor: int) -> None:
+    """The makespan is at least every existing job's end, and at least ``floor``."""
+    for j in range(len(h.jobs)):
+        ct = model.Add(v.makespan >= v.start[j] + h.dur[j])
+        lits = _literals(v, (j,))
+        if lits:
+            ct.OnlyEnforceIf(lits)
+    model.Add(v.makespan >= floor)
+
+
+def _weight(h: Horizon) -> int:
+    return 1 + len(h.groups)
+
+
+def _decisions(v: _Vars) -> list:
+    return [lit for (g, variant), lit in v.variant.items() if variant != KEEP]
+
+
+# ---------------------------------------------------------------------------------------- solve
+class _Watch(cp_model.CpSolverSolutionCallback):
+    """Records (seconds, makespan, bound) at every solution, and passes them to ``progress``."""
+
+    def __init__(self, weight: int, history: list, progress: Progress | None, floor: int) -> None:
+        super().__init__()
+        self.weight, self.history, self.progress, self.floor = weight, history, progress, floor
+        self.began = time.perf_counter()
+
+        self.makespan: int | None = None
+        self.bound = floor
+
+    def on_solution_callback(self) -> None:
+        self.makespan = int(round(self.ObjectiveValue())) // self.weight
+        self.on_bound(self.BestObjectiveBound())
+
+    def on_bound(self, objective_bound: float) -> None:
+        self.bound = max(self.bound, int(math.floor(objective_bound + 1e-9)) // self.weight)
+        self.record(self.makespan, self.bound)
+
+    def record(self, makespan: int | None, bound: int) -> None:
+        seconds = time.perf_counter() - self.began
+        self.history.append((round(seconds, 3), makespan, bound))
+        if self.progress is not None:
+            self.progress(seconds, makespan, bound)
+
+
+def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: list[Solution] = (),
+                  progress: Progress | None = None) -> HorizonResult:
+    """Minimize the makespan of ``h`` with CP-SAT within ``time_limit`` seconds.
+
+    The best hint that fits the model (by makespan) caps the makespan and warm-starts the search;
+    the answer is never worse than it.
+    """
+    began = time.perf_counter()
+    fitting = sorted((s for s in hints if fits_model(h, s)), key=lambda s: s.makespan(h))
+    best_hint = fitting[0] if fitting else None
+    upper = h.upper if best_hint is None else min(h.upper, best_hint.makespan(h))
+    floor = int(math.ceil(analytic_bound(h.spec, h.m).value - 1e-9))
+    if floor > upper:
+        return HorizonResult(None, None, floor, False, "infeasible", time.perf_counter() - began, "cpsat")
+    if best_hint is not None and upper <= floor:  # the hint meets the analytic bound: nothing to search
+        seconds = time.perf_counter() - began
+        return HorizonResult(best_hint, upper, upper, True, "optimal", seconds, "cpsat",
+                             [(round(seconds, 3), upper, upper)])
+
+    model = cp_model.CpModel()
+    v = _variables(model, h, upper)
+    add_no_overlap(model, v, h)
+    add_precedences(model, v, h)
+    add_memory(model, v, h, upper)
+    add_reload_timing(model, v, h, upper)
+    add_makespan(model, v, h, floor)
+    weight = _weight(h)
+    model.Minimize(v.makespan * weight + sum(_decisions(v)))
+    if best_hint is not None or hints:
+        _add_hint(model, v, h, best_hint or hints[0])
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.05, time_limit - (time.perf_counter() - began))
+    solver.parameters.num_workers = workers
+    solver.parameters.random_seed = 0
+    history: list = []
+    watch = _Watch(weight, history, progress, floor)
+    solver.best_bound_callback = watch.on_bound
+    status = solver.Solve(model, watch)
+    seconds = time.perf_counter() - began
+    bound = floor
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        bound = max(floor, int(math.floor(solver.BestObjectiveBound() + 1e-9)) // weight)
+        solution = _decode(h, solver, v)
+        makespan = solution.makespan(h)
+        if best_hint is not None and best_hint.makespan(h) < makespan:  # cannot happen: the hint caps it
+            solution, makespan = best_hint, best_hint.makespan(h)
+        proven = status == cp_model.OPTIMAL or makespan <= bound
+        bound = makespan if proven else bound
+        watch.record(makespan, bound)
+        return HorizonResult(solution, makespan, bound, proven, "optimal" if proven else "feasible", seconds,
+                             "cpsat", history)
+    if status == cp_model.INFEASIBLE:
+        return HorizonResult(None, None, floor, False, "infeasible", seconds, "cpsat", history)
+    if best_hint is not None:
+        makespan = best_hint.makespan(h)
+        return HorizonResult(best_hint, makespan, floor, makespan <= floor, "hint", seconds, "cpsat", history)
+    return HorizonResult(None, None, floor, False, "unknown", seconds, "cpsat", history)
+
+
+def _add_hint(model: cp_model.CpModel, v: _Vars, h: Horizon, hint: Solution) -> None:
+    for j, var in v.start.items():
+        if j in hint.starts:
+            model.AddHint(var, hint.starts[j])
+    for (g, variant), lit in v.variant.items():
+        model.AddHint(lit, hint.variants.get(g, KEEP) == variant)
+    for n, var in v.size.items():
+        _, b, e, _, when = h.spans[n]
+        if exists(h, when, hint.variants):
+            model.AddHint(var, hint.starts[e] + h.dur[e] - hint.starts[b])
+    model.AddHint(v.makespan, hint.makespan(h))
+
+
+def _decode(h: Horizon, solver: cp_model.CpSolver, v: _Vars) -> Solution:
+    variants = {g: variant for (g, variant), lit in v.variant.items() if solver.BooleanValue(lit)}
+    starts = {j: solver.Value(var) for j, var in v.start.items() if exists(h, h.presence[j], variants)}
+    return Solution(starts, variants)

@@ -1,0 +1,666 @@
+"""The full-horizon schedule as a MILP (PuLP with HiGHS or CBC), the twin of ``synth.horizon``.
+
+Both models read the same integer data, a ``synth.horizonspec.Horizon`` (jobs = passes x
+microbatches in ticks, precedences with comm latency, lifespans in memory units, budgets), and
+both minimize ``makespan * weight + decisions`` with ``weight = 1 + len(groups)``, so the
+makespan comes first and then the fewest recompute/offload decisions. This file reads like a
+solver sample: data, variables, one helper per constraint family, objective, solve.
+
+- Variables: integer ``start[j]`` in ``[0, upper - dur[j]]`` for every job; binary ``x[g, v]``
+  per group and variant with ``sum_v x[g, v] == 1``; a job or span with presence ``(g, v)``
+  exists iff ``x[g, v] = 1`` (``absent`` below is ``1 - x``, 0 for the mandatory ones); integer
+  ``makespan`` in ``[floor, upper]``, ``floor = ceil(analytic_bound)`` (``synth.bounds``).
+- Precedences: ``start[later] >= start[earlier] + dur[earlier] + gap - M (absent later + absent
+  earlier)``, ``M = max start[earlier] + dur[earlier] + gap`` (each big-M below is likewise the
+  largest value the row's right side minus its left side can take, from the variables' bounds).
+- Forced order (the Zero Bubble paper's transitive-closure pruning): over the precedence graph,
+  with every step's jobs but the path's two ends mandatory, ``S[a]`` holds the jobs whose start
+  is at least ``start[a]`` (every step has ``dur + gap >= 0``; the symmetry chain's start-to-
+  start edges, gap ``-dur``, are such steps), ``E[a]`` those whose start is at least ``a``'s end
+  (a first step with ``gap >= 0``, then steps of ``S``), ``T[a]`` those whose start is strictly
+  after ``start[a]`` (some step has ``dur + gap >= 1``); all are Python ints used as bitsets.
+  They hold whenever both ends exist, so each use below is relaxed by the ends' absence.
+- No-overlap per (rank, stream), jobs with ``dur > 0``, for each pair ``(a, b)`` that can
+  coexist: if ``b`` is in ``S[a]``, ``a`` goes first (two jobs of one stream cannot start
+  together) and ``start[b] >= start[a] + dur[a] - M (absent a + absent b)`` is added without a
+  binary (and left out when ``b`` is in ``E[a]``, where the precedences already say it); the
+  mirror likewise; else one binary ``o`` (1: ``a`` first) with ``start[b] >= start[a] + dur[a]
+  - M (1 - o) - M (absent a + absent b)`` and ``start[a] >= start[b] + dur[b] - M o - M (...)``.
+- Makespan: ``makespan >= start[j] + dur[j] - M absent(j)``, left out for a job whose ``E`` holds
+  a mandatory job (that one ends later).
+- Memory (only with a budget), per rank ``r``: memory rises only where a span begins, so the level
+  is checked at the start of every allocation job ``a`` (the begin job of a span of ``r``): for
+  every span ``L`` of ``r`` that can coexist with ``a``, binary ``z[L, a]`` ("``L`` has begun by
+  ``start[a]``": ``z = 0 => start[begin_L] >= start[a] + 1``) and ``y[L, a]`` ("``L`` has ended":
+  ``y = 1 => start[end_L] + dur[end_L] <= start[a]``, so a free at the instant of an allocation
+  counts as done, as in CP-SAT's cumulative), ``y <= z``; ``L`` is alive as ``z - y`` (a mandatory
+  span), or as continuous ``w >= z - y - absent(L)``, ``w >= 0``; ``sum units_L * alive <=
+  budget[r] + relax * absent(a)``. The forced orders fix what they can: ``z = 1`` when ``begin_L``
+  is ``a`` or starts no later (``a`` in ``S[begin_L]``), ``z = 0`` when ``begin_L`` starts after
+  ``a`` ends (``begin_L`` in ``E[a]``, ``dur[a] >= 1``), ``y = 1`` when ``a`` starts after
+  ``end_L`` ends, ``y = 0`` when ``end_L`` starts no earlier than ``a`` (and ``dur >= 1``); a pair
+  with ``z = 0`` or ``y = 1`` fixed is never alive and is left out.
+- RELOAD timing (as ``synth.horizon.add_reload_timing``): a RELOAD ``rho`` that exists starts at its
+  OFFLOAD's end or at the start of an existing compute job of its rank other than its own unit's
+  B, BW and R. One binary ``a[rho, c]`` per candidate ``c``, ``sum_c a[rho, c] == x`` (the
+  RELOAD's variant: all 0 when it is absent), ``a[rho, c] <= x_c`` for an optional candidate (an
+  R of another group), and ``a = 1 => start[rho] == time_c`` as ``start[rho] >= time_c - M (1 -
+  a)`` and ``time_c >= start[rho] - M (1 - a)`` (a side that a forced order gives is left out; a
+  lone candidate uses ``x`` as its ``a``). Pruning is sound: a job in ``T[rho]``, or with ``rho``
+  or ``rho``'s OFFLOAD in its ``T`` (or in its ``S`` when the OFFLOAD lasts a tick or more), never
+  starts with ``rho``, so it is no candidate; nothing else is dropped.
+- Objective: ``makespan * weight + sum x[g, v]`` over ``v != "keep"``. The makespan bound from an
+  objective bound ``b`` is ``max(floor, floor(b) // weight)``.
+- Hints: as ``solve_horizon``, the best hint that fits the memory (``memory_fits``) caps the
+  makespan (``upper``) and is the MIP start (every variable set, the binaries from its times;
+  absent jobs start at 0); the answer is never worse than it (status "hint" when the solver
+  returns nothing better).
+
+Process split: ortools 9.15 and highspy cannot share a process, and ``import pulp`` imports
+highspy. So the parent side (``solve_horizon_milp``) imports neither pulp nor highspy, and the
+child (``python -m synth.horizon_milp``, JSON request on stdin, JSON reply on stdout) never
+imports ortools (nor ``synth.horizon``); ``synth.horizonspec``, ``synth.blockspec`` and
+``synth.bounds`` import no solver.
+
+Solvers (PuLP 3.3.2, HiGHS 1.15 through highspy, PuLP's bundled CBC 2.10). Statuses are read as
+``synth.milp`` reads them: ``prob.sol_status`` 1 is proven optimal, 2 a solution found before
+the time limit (``prob.status`` says "Optimal" for both), ``prob.status`` -1 infeasible. Both
+solvers run with ``mip_rel_gap = 0`` and an absolute gap just under 1 (the objective is
+integral). HiGHS: ``pulp.HiGHS`` has no MIP start (``warmStart=True`` only reaches HiGHS as an
+unknown option), so a subclass passes the start to ``Highs.setSolution`` before ``run``; the
+bound is ``getInfo().mip_dual_bound`` of ``prob.solverModel``. CBC: ``PULP_CBC_CMD(warmStart=
+True)`` writes the start as a ``-mips`` file; the bound is read from CBC's log (``logPath``):
+its "Lower bound:" summary line, else the last "best possible" progress line; where the log
+gives none (e.g. stopped before the search), the floor stands, which is always valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ir import Op
+from synth.blockspec import BlockError, BlockSpec, Pass
+from synth.bounds import analytic_bound
+from synth.horizonspec import KEEP, Horizon, Solution, exists, expand, memory_fits
+
+__all__ = ["MILP_SOLVERS", "main", "model_size", "solve_horizon_milp"]
+
+MILP_SOLVERS = ("highs", "cbc")
+
+_ROOT = Path(__file__).resolve().parent.parent  # the directory holding the ``synth`` package
+
+Progress = Callable[[float, int | None, int], None]  # (seconds, makespan or None, bound), ticks
+
+
+# ------------------------------------------------------------------------------------- parent side
+def solve_horizon_milp(h: Horizon, *, solver: str, time_limit: float, workers: int = 2,
+                       hints: list[Solution] = (), progress: Progress | None = None):
+    """Minimize the makespan of ``h`` with a MILP (``solver``: "highs" or "cbc") within ``time_limit``
+    seconds, in a child process; the same semantics as ``synth.horizon.solve_horizon``.
+
+    Returns:
+        A ``synth.horizon.HorizonResult``; its history is the final point only, and ``progress``
+        (if given) is called once, at the end.
+
+    Raises:
+        BlockError: the solver is unknown or missing, or the child failed or timed out.
+    """
+    from synth.horizon import HorizonResult  # the parent may hold ortools; only the child must not
+
+    reply = _ask(h, solver, time_limit, workers, hints, build_only=False)
+    solution = None if reply["solution"] is None else Solution.from_json(reply["solution"])
+    makespan = reply["makespan"]
+    bound = int(reply["bound"])
+    seconds = float(reply["seconds"])
+    status = reply["status"]
+    proven = status == "optimal" or (makespan is not None and makespan <= bound)
+    history = [(round(seconds, 3), makespan, bound)]
+    if progress is not None:
+        progress(seconds, makespan, bound)
+    return HorizonResult(solution, makespan, bound, proven, status, seconds, solver, history)
+
+
+def model_size(h: Horizon, hints: list[Solution] = (), solver: str = "highs") -> dict[str, int]:
+    """The MILP's size (``columns``, ``binaries``, ``integers``, ``rows``) for ``h`` with these hints
+    (the best fitting one sets ``upper``), built in a child process without solving."""
+    return _ask(h, solver, 0.0, 1, hints, build_only=True)["size"]
+
+
+def _ask(h: Horizon, solver: str, time_limit: float, workers: int, hints, build_only: bool) -> dict[str, Any]:
+    if solver not in MILP_SOLVERS:
+        raise BlockError(f"unknown MILP solver {solver!r}; choose one of {', '.join(MILP_SOLVERS)}")
+    request = {"spec": h.spec.to_json(), "m": h.m, "hints": [s.to_json() for s in hints],
+               "time_limit": time_limit, "workers": workers, "solver": solver, "build_only": build_only}
+    # The solve takes time_limit (less the model's build); building and start-up get room too.
+    timeout = 2 * time_limit + 120
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run([sys.executable, "-m", "synth.horizon_milp"], input=json.dumps(request), text=True,
+                              capture_output=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise BlockError(f"the {solver} full-horizon MILP did not finish in {timeout:g} s although its solve may "
+                         f"take only {time_limit:g} s; lower the time limit, or use the cpsat solver") from e
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise BlockError(f"the {solver} full-horizon MILP process failed (exit {done.returncode}); run "
+                         f"`python -m synth.horizon_milp` by hand to debug, or use the cpsat solver:\n{tail}")
+    try:
+        reply = json.loads(done.stdout)
+    except json.JSONDecodeError as e:
+        raise BlockError(f"the {solver} full-horizon MILP process printed no answer: {done.stdout[-300:]!r}") from e
+    if "error" in reply:
+        raise BlockError(reply["error"])
+    return reply
+
+
+# --------------------------------------------------------------------------------------- child side
+def main() -> int:
+    """The child: read the request on stdin, write the reply (or ``{"error": ...}``) on stdout."""
+    # The solvers' C code may print to fd 1; keep it for the reply and send everything else to stderr.
+    reply_to = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    request = json.load(sys.stdin)
+    try:
+        reply = _serve(request)
+    except BlockError as e:
+        reply = {"error": str(e)}
+    json.dump(reply, reply_to)
+    reply_to.close()
+    return 0
+
+
+def _serve(request: dict[str, Any]) -> dict[str, Any]:
+    began = time.perf_counter()
+    h = expand(BlockSpec.from_json(request["spec"]), int(request["m"]))
+    hints = [Solution.from_json(s) for s in request["hints"]]
+    solver, time_limit, workers = request["solver"], float(request["time_limit"]), int(request["workers"])
+    _check_solver(solver)  # fails early on a missing solver
+    fitting = sorted((s for s in hints if memory_fits(h, s)), key=lambda s: s.makespan(h))
+    best_hint = fitting[0] if fitting else None
+    upper = h.upper if best_hint is None else min(h.upper, best_hint.makespan(h))
+    floor = _floor(h, upper)
+
+    def reply(solution: Solution | None, bound: int, status: str) -> dict[str, Any]:
+        return {"solution": None if solution is None else solution.to_json(),
+                "makespan": None if solution is None else solution.makespan(h), "bound": int(bound),
+                "status": status, "seconds": time.perf_counter() - began}
+
+    if floor > upper:
+        return reply(None, floor, "infeasible")
+    model = _Model(h, upper, floor)
+    if request.get("build_only"):
+        return {"size": model.size()}
+    if best_hint is not None:
+        model.set_start(best_hint)
+    limit = max(0.05, time_limit - (time.perf_counter() - began))
+    outcome, obj_bound = _solve(model, solver, limit, workers, best_hint is not None)
+    weight = model.weight
+    bound = floor if obj_bound is None else max(floor, int(math.floor(obj_bound + 1e-9)) // weight)
+    if outcome in ("optimal", "feasible"):
+        solution = model.decode()
+        problems = _violations(h, solution, upper)
+        if problems:  # a model or rounding bug: never hand back a wrong schedule
+            print(f"horizon_milp: the {solver} solution breaks the model: {problems[:5]}", file=sys.stderr)
+            outcome = "unknown"
+        else:
+            makespan = solution.makespan(h)
+            if best_hint is None or makespan <= best_hint.makespan(h):
+                proven = outcome == "optimal" or makespan <= bound
+                return reply(solution, makespan if proven else bound, "optimal" if proven else "feasible")
+    if outcome == "infeasible" and best_hint is None:
+        return reply(None, floor, "infeasible")
+    if best_hint is not None:
+        return reply(best_hint, bound, "hint")
+    return reply(None, bound, "unknown")
+
+
+def _floor(h: Horizon, upper: int) -> int:
+    """``ceil`` of the analytic bound; ``upper + 1`` (infeasible) when it is infinite (a budget that
+    holds no microbatch)."""
+    value = analytic_bound(h.spec, h.m).value
+    return upper + 1 if math.isinf(value) else int(math.ceil(value - 1e-9))
+
+
+def _check_solver(solver: str) -> None:
+    """Raise a ``BlockError`` that says what to install unless ``solver`` can run here; imports
+    pulp, so only the child calls it."""
+    try:
+        import pulp
+    except ImportError as e:
+        raise BlockError("the MILP solvers need PuLP: pip install pulp, or use the cpsat solver") from e
+    if solver == "highs":
+        if not pulp.HiGHS(msg=False).available():
+            raise BlockError("the highs solver needs highspy: pip install highspy, or use the cpsat or cbc solver")
+    elif solver == "cbc":
+        pulp.set_v4_migration_warnings(False)  # PuLP 3.3 deprecates its bundled CBC for 4.0; it still works
+        if not pulp.PULP_CBC_CMD(msg=False).available():
+            raise BlockError("the cbc solver needs PuLP's bundled CBC, which is missing here; reinstall pulp, "
+                             "or use the cpsat or highs solver")
+    else:
+        raise BlockError(f"unknown MILP solver {solver!r}; choose one of {', '.join(MILP_SOLVERS)}")
+
+
+# ---------------------------------------------------------------------------------- forced orders
+def _closure(h: Horizon) -> tuple[list[int], list[int], list[int], int]:
+    """``(S, E, T, mandatory)``: per job, bitsets of the jobs whose start is forced to be at least its
+    start (``S``), at least its end (``E``) or strictly after its start (``T``) by a path of
+    precedences whose inner jobs are mandatory, and the bitset of mandatory jobs."""
+    n = len(h.jobs)
+    succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    indegree = [0] * n
+    for later, earlier, gap in h.edges:
+        if h.dur[earlier] + gap >= 0:
+            succs[earlier].append((later, gap))
+            indegree[later] += 1
+    order = [j for j in range(n) if indegree[j] == 0]
+    for j in order:  # Kahn's algorithm; appending while iterating walks the whole DAG
+        for c, _ in succs[j]:
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                order.append(c)
+    if len(order) != n:
+        raise BlockError("the full-horizon precedences have a cycle")
+    mandatory = sum(1 << j for j in range(n) if h.presence[j] is None)
+    after_start, after_end, strictly = [0] * n, [0] * n, [0] * n
+    for j in reversed(order):
+        s = e = t = 0
+        for c, gap in succs[j]:
+            inner = h.presence[c] is None  # only a mandatory job may be a path's inner job
+            reach = (1 << c) | (after_start[c] if inner else 0)
+            s |= reach
+            if gap >= 0:
+                e |= reach
+            if h.dur[j] + gap >= 1:  # this step gains a tick: all the rest is strictly later
+                t |= reach
+            elif inner:
+                t |= strictly[c]
+        after_start[j], after_end[j], strictly[j] = s, e, t
+    return after_start, after_end, strictly, mandatory
+
+
+def _coexist(h: Horizon, p: tuple[int, str] | None, q: tuple[int, str] | None) -> bool:
+    """Whether things with presences ``p`` and ``q`` can both exist (not two variants of one group)."""
+    return p is None or q is None or p[0] != q[0] or p[1] == q[1]
+
+
+# ------------------------------------------------------------------------------------------ model
+@dataclass
+class _Model:
+    """The PuLP problem for ``h`` with makespan in ``[floor, upper]``, and its variables."""
+
+    h: Horizon
+    upper: int
+    floor: int
+    prob: Any = None
+    start: dict[int, Any] = field(default_factory=dict)
+    x: dict[tuple[int, str], Any] = field(default_factory=dict)
+    makespan: Any = None
+    order: list[tuple[Any, int, int]] = field(default_factory=list)  # (o, a, b): o = 1 iff a first
+    begun: list[tuple[Any, int, int]] = field(default_factory=list)  # (z, begin, a)
+    ended: list[tuple[Any, int, int]] = field(default_factory=list)  # (y, end, a)
+    alive: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)  # (w, z, y, x_L): w = max(0, z - y - absent)
+    # (RELOAD, [(a, job, shift)]): a = 1 => start[RELOAD] == start[job] + shift; a is 1 (or x) if it is the only one
+    reload_at: list[tuple[int, list[tuple[Any, int, int]]]] = field(default_factory=list)
+    rows: int = 0
+    binaries: int = 0
+
+    def __post_init__(self) -> None:
+        import pulp
+
+        self.weight = 1 + len(self.h.groups)
+        self.prob = pulp.LpProblem("horizon", pulp.LpMinimize)
+        self.after_start, self.after_end, self.strictly, self.mandatory = _closure(self.h)
+        self._variables()
+        self._precedences()
+        self._no_overlap()
+        self._makespan()
+        self._memory()
+        self._reload_timing()
+        decisions = [var for (g, v), var in self.x.items() if v != KEEP]
+        self.prob.setObjective(self.weight * self.makespan + pulp.lpSum(decisions))
+
+    # ------------------------------------------------------------------------------- variables
+    def _variables(self) -> None:
+        import pulp
+
+        h = self.h
+        for g, options in enumerate(h.variants):
+            for v in options:
+                self.x[(g, v)] = self._binary(f"x{g}_{v}")
+            self._row(pulp.lpSum(self.x[(g, v)] for v in options) == 1)
+        for j in range(len(h.jobs)):
+            self.start[j] = self.prob.add_variable(f"s{j}", 0, self.ub(j), cat=pulp.LpInteger)
+        self.makespan = self.prob.add_variable("makespan", self.floor, self.upper, cat=pulp.LpInteger)
+
+    def ub(self, j: int) -> int:
+        """The largest start of job ``j``."""
+        return max(0, self.upper - self.h.dur[j])
+
+    def present(self, when: tuple[int, str] | None):
+        """1 for a mandatory job or span, else its variant's binary."""
+        return 1 if when is None else self.x[when]
+
+    def absent(self, *whens: tuple[int, str] | None):
+        """How many of the given presences are off (0 when all are mandatory)."""
+        return sum(1 - self.x[w] for w in whens if w is not None)
+
+    def _binary(self, name: str):
+        import pulp
+
+        self.binaries += 1
+        return self.prob.add_variable(name, 0, 1, cat=pulp.LpBinary)
+
+    def _row(self, constraint) -> None:
+        self.rows += 1
+        self.prob.addConstraint(constraint, f"r{self.rows}")
+
+    def _at_least(self, later: int, earlier: int, plus: int, relax) -> None:
+        """``start[later] >= start[earlier] + plus``, switched off when ``relax`` (>= 0) is at least 1."""
+        big_m = max(0, self.ub(earlier) + plus)
+        if isinstance(relax, int) and relax == 0:
+            self._row(self.start[later] >= self.start[earlier] + plus)
+        else:
+            self._row(self.start[later] >= self.start[earlier] + plus - big_m * relax)
+
+    # ----------------------------------------------------------------------------- constraints
+    def _precedences(self) -> None:
+        h = self.h
+        for later, earlier, gap in h.edges:
+            self._at_least(later, earlier, h.dur[earlier] + gap, self.absent(h.presence[later], h.presence[earlier]))
+
+    def _no_overlap(self) -> None:
+        h = self.h
+        streams: dict[tuple[int, bool], list[int]] = {}
+        for j, d in enumerate(h.dur):
+            if d > 0:
+                streams.setdefault((h.rank[j], h.copy[j]), []).append(j)
+        for jobs in streams.values():
+            for n, a in enumerate(jobs):
+                for b in jobs[n + 1:]:
+                    pa, pb = h.presence[a], h.presence[b]
+                    if not _coexist(h, pa, pb):
+                        continue
+                    off = self.absent(pa, pb)
+                    if self.after_start[a] >> b & 1:
+                        if not self.after_end[a] >> b & 1:
+                            self._at_least(b, a, h.dur[a], off)
+                    elif self.after_start[b] >> a & 1:
+                        if not self.after_end[b] >> a & 1:
+                            self._at_least(a, b, h.dur[b], off)
+                    else:
+                        o = self._binary(f"o{a}_{b}")
+                        self.order.append((o, a, b))
+                        self._at_least(b, a, h.dur[a], off + 1 - o)
+                        self._at_least(a, b, h.dur[b], off + o)
+
+    def _makespan(self) -> None:
+        h = self.h
+        for j, d in enumerate(h.dur):
+            if self.after_end[j] & self.mandatory:
+                continue  # a mandatory job starts after this one ends: its row covers this one
+            big_m = max(0, self.ub(j) + d - self.floor)
+            self._row(self.makespan >= self.start[j] + d - big_m * self.absent(h.presence[j]))
+
+    def _memory(self) -> None:
+        import pulp
+
+        h = self.h
+        if h.budget is None:
+            return
+        spans = [(n, span) for n, span in enumerate(h.spans) if span[3] > 0]
+        for r in range(h.spec.p):
+            mine = [(n, span) for n, span in spans if span[0] == r]
+            total = sum(span[3] for _, span in mine)
+            for a in sorted({span[1] for _, span in mine}):
+                terms = []
+                for n, (_, b, e, units, when) in mine:
+                    if not _coexist(h, when, h.presence[a]):
+                        continue
+                    # z: L has begun by start[a]; y: L has ended by start[a] (0/1 when forced, else a binary)
+                    z: Any = 1 if b == a or self.after_start[b] >> a & 1 else None
+                    if z is None and self.after_end[a] >> b & 1 and h.dur[a] >= 1:
+                        continue  # begins after a ends: never alive at start[a]
+                    if self.after_end[e] >> a & 1:
+                        continue  # ended before a starts
+                    y: Any = 0 if (e == a or self.after_start[a] >> e & 1) and h.dur[e] >= 1 else None
+                    if z is None:
+                        z = self._binary(f"z{n}_{a}")
+                        self.begun.append((z, b, a))
+                        self._at_least(b, a, 1, z)  # z = 0 => start[b] >= start[a] + 1
+                    if y is None:
+                        y = self._binary(f"y{n}_{a}")
+                        self.ended.append((y, e, a))
+                        self._at_least(a, e, h.dur[e], 1 - y)  # y = 1 => start[a] >= end of e
+                        if not isinstance(z, int):
+                            self._row(y <= z)
+                    if when is None:
+                        terms.append(units * (z - y))
+                    else:
+                        w = self.prob.add_variable(f"w{n}_{a}", 0, 1, cat=pulp.LpContinuous)
+                        self.alive.append((w, z, y, self.x[when]))
+                        self._row(w >= z - y - (1 - self.x[when]))
+                        terms.append(units * w)
+                fixed = sum(t for t in terms if isinstance(t, int))
+                terms = [t for t in terms if not isinstance(t, int)]
+                if terms:
+                    relax = max(0, total - h.budget[r]) * self.absent(h.presence[a])
+                    self._row(pulp.lpSum(terms) <= h.budget[r] - fixed + relax)
+                elif fixed > h.budget[r]:  # the spans that begin at a alone are over the budget
+                    if h.presence[a] is None:
+                        self._row(self.makespan <= self.floor - 1)  # infeasible, said with a variable
+                    else:
+                        self._row(self.x[h.presence[a]] == 0)
+
+
+    def _reload_timing(self) -> None:
+        """As ``synth.horizon.add_reload_timing``: a RELOAD that exists starts at its OFFLOAD's end or
+        when a compute job of its rank that exists starts, not its own unit's B, BW or R."""
+        import pulp
+
+        h = self.h
+        index = h.index()
+        for rho, (x, i) in enumerate(h.jobs):
+            if x.op is not Op.RELOAD:
+                continue
+            when = h.presence[rho]
+            own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
+            off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
+            candidates = [(off, h.dur[off])]  # (job, shift): start[rho] == start[job] + shift
+            for q in range(len(h.jobs)):
+                if h.copy[q] or h.rank[q] != h.rank[rho] or q in own or not _coexist(h, when, h.presence[q]):
+                    continue
+                # Sound pruning: the candidate's binary can be 1 only when rho and q exist, and then
+                # start[q] != start[rho] in every schedule when a forced path of precedences that
+                # gains at least one tick (``T``) leads from rho to q or from q to rho, or from q to
+                # rho's OFFLOAD (which exists with rho and ends no later than rho starts; the
+                # closures stop at an optional job, so a path into rho itself passes no OFFLOAD).
+                if self.strictly[rho] >> q & 1 or self.strictly[q] >> rho & 1 or self.strictly[q] >> off & 1 or (
+                        h.dur[off] >= 1 and self.after_start[q] >> off & 1):
+                    continue
+                candidates.append((q, 0))
+            if len(candidates) == 1:
+                picks: list[Any] = [self.present(when)]
+            else:
+                picks = [self._binary(f"a{rho}_{q}") for q, _ in candidates]
+                self._row(pulp.lpSum(picks) == self.present(when))
+                for a, (q, _) in zip(picks, candidates, strict=True):
+                    if h.presence[q] is not None and h.presence[q] != when:
+                        self._row(a <= self.x[h.presence[q]])  # an absent job offers no start
+            self.reload_at.append((rho, list(zip(picks, (q for q, _ in candidates), (d for _, d in candidates),
+                                                 strict=True))))
+            for a, (q, shift) in zip(picks, candidates, strict=True):
+                # a = 1 (so rho and q exist) => start[rho] == start[q] + shift; each side is left out
+                # where a forced order already says it for jobs that exist.
+                ge = self.after_start[q] if shift == 0 else self.after_end[q] if shift == h.dur[q] else 0
+                if not ge >> rho & 1:
+                    self._at_least(rho, q, shift, 1 - a)
+                if not (shift == 0 and self.after_start[rho] >> q & 1):
+                    self._at_least(q, rho, -shift, 1 - a)
+
+    # ------------------------------------------------------------------------------ start, decode
+    def set_start(self, hint: Solution) -> None:
+        """Every variable's initial value from ``hint`` (absent jobs at 0; binaries of pairs with an
+        absent job at their loosest)."""
+        h = self.h
+        starts = {j: hint.starts.get(j, 0) for j in range(len(h.jobs))}
+        on = {j: j in hint.starts for j in range(len(h.jobs))}
+        for (g, v), var in self.x.items():
+            var.setInitialValue(1 if hint.variants.get(g, KEEP) == v else 0)
+        for j, var in self.start.items():
+            var.setInitialValue(starts[j])
+        self.makespan.setInitialValue(max(self.floor, hint.makespan(h)))
+        for o, a, b in self.order:
+            o.setInitialValue(1 if (starts[a], a) < (starts[b], b) else 0)
+        for z, b, a in self.begun:
+            z.setInitialValue(1 if not (on[a] and on[b]) or starts[b] <= starts[a] else 0)
+        for y, e, a in self.ended:
+            y.setInitialValue(1 if on[a] and on[e] and starts[e] + h.dur[e] <= starts[a] else 0)
+        for w, z, y, x_l in self.alive:
+            value = _value_of(z) - _value_of(y) - (1 - _value_of(x_l))
+            w.setInitialValue(max(0, value))
+        for rho, picks in self.reload_at:
+            if len(picks) == 1:
+                continue  # its binary is the RELOAD's variant, set above
+            chosen = next((n for n, (_, q, shift) in enumerate(picks)
+                           if on[rho] and on[q] and starts[q] + shift == starts[rho]), None)
+            for n, (a, _, _) in enumerate(picks):
+                a.setInitialValue(1 if n == chosen else 0)
+
+    def decode(self) -> Solution:
+        variants = {g: v for (g, v), var in self.x.items() if (var.varValue or 0) > 0.5}
+        starts = {j: int(round(var.varValue)) for j, var in self.start.items()
+                  if exists(self.h, self.h.presence[j], variants)}
+        return Solution(starts, variants)
+
+    def size(self) -> dict[str, int]:
+        variables = self.prob.variables()
+        integers = sum(1 for v in variables if v.cat == "Integer") - self.binaries
+        return {"columns": len(variables), "binaries": self.binaries, "integers": integers,
+                "rows": len(self.prob.constraints)}
+
+
+def _value_of(term) -> float:
+    return term if isinstance(term, int) else (term.varValue or 0)
+
+
+# ------------------------------------------------------------------------------------------ solve
+_LOWER_BOUND = re.compile(r"^Lower bound:\s*(-?[0-9.eE+-]+)", re.MULTILINE)
+_BEST_POSSIBLE = re.compile(r"best possible (-?[0-9.eE+-]+)")
+
+
+def _solve(model: _Model, solver: str, time_limit: float, workers: int, warm: bool) -> tuple[str, float | None]:
+    """Solve; ``(outcome, objective bound or None)`` with outcome "optimal", "feasible",
+    "infeasible" or "unknown"."""
+    import pulp
+
+    prob = model.prob
+    obj_bound: float | None = None
+    if solver == "highs":
+        prob.solve(_highs_class()(msg=False, timeLimit=time_limit, threads=workers, gapRel=0.0, gapAbs=0.999,
+                                  warm=warm))
+        info = prob.solverModel.getInfo()
+        if math.isfinite(info.mip_dual_bound):
+            obj_bound = float(info.mip_dual_bound)
+    else:
+        with tempfile.TemporaryDirectory(prefix="horizon_milp_") as tmp:
+            log = Path(tmp) / "cbc.log"
+            backend = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=workers, gapRel=0.0, gapAbs=0.999,
+                                        warmStart=warm, logPath=str(log))
+            prob.solve(backend)
+            obj_bound = _cbc_bound(log.read_text(errors="replace"))
+    if prob.sol_status == pulp.LpSolutionOptimal:
+        return "optimal", obj_bound
+    if prob.sol_status == pulp.LpSolutionIntegerFeasible:
+        return "feasible", obj_bound  # stopped at the time limit with a solution (prob.status says Optimal)
+    if prob.status == pulp.LpStatusInfeasible:
+        return "infeasible", obj_bound  # CBC's "Integer infeasible" leaves sol_status at NoSolutionFound
+    return "unknown", obj_bound
+
+
+def _cbc_bound(log: str) -> float | None:
+    """The objective bound in a CBC log: the summary's "Lower bound:", else the last "best possible"."""
+    for pattern in (_LOWER_BOUND, _BEST_POSSIBLE):
+        found = pattern.findall(log)
+        if found:
+            try:
+                return float(found[-1])
+            except ValueError:
+                continue
+    return None
+
+
+def _highs_class():
+    """``pulp.HiGHS`` with a MIP start: the variables' initial values go to ``Highs.setSolution``."""
+    import numpy as np
+    import pulp
+
+    class Highs(pulp.HiGHS):
+        def __init__(self, *, warm: bool = False, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.warm = warm
+
+        def callSolver(self, lp) -> None:  # noqa: N802 (PuLP's name)
+            if self.warm:
+                given = [(var.index, var.varValue) for var in lp.variables() if var.varValue is not None]
+                if given:
+                    index = np.array([i for i, _ in given], dtype=np.int32)
+                    value = np.array([v for _, v in given], dtype=np.float64)
+                    lp.solverModel.setSolution(len(given), index, value)
+            lp.solverModel.run()
+
+    return Highs
+
+
+# ------------------------------------------------------------------------------------------ check
+def _violations(h: Horizon, sol: Solution, upper: int) -> list[str]:
+    """What ``sol`` breaks of the model (empty if nothing): starts, precedences, no-overlap, RELOAD
+    timing, memory."""
+    out = []
+    present = [j for j in range(len(h.jobs)) if exists(h, h.presence[j], sol.variants)]
+    if sorted(sol.starts) != present:
+        out.append("the solution's jobs are not those of its variants")
+        return out
+    for j, t in sol.starts.items():
+        if t < 0 or t + h.dur[j] > upper:
+            out.append(f"job {j} at {t} outside [0, {upper}]")
+    for later, earlier, gap in h.edges:
+        if later in sol.starts and earlier in sol.starts:
+            if sol.starts[later] < sol.starts[earlier] + h.dur[earlier] + gap:
+                out.append(f"edge {later} after {earlier} + {gap}")
+    streams: dict[tuple[int, bool], list[tuple[int, int]]] = {}
+    for j, t in sol.starts.items():
+        if h.dur[j] > 0:
+            streams.setdefault((h.rank[j], h.copy[j]), []).append((t, j))
+    for items in streams.values():
+        items.sort()
+        for (t, j), (u, k) in zip(items, items[1:], strict=False):
+            if t + h.dur[j] > u:
+                out.append(f"jobs {j} and {k} overlap")
+    index = h.index()
+    for j, t in sol.starts.items():
+        x, i = h.jobs[j]
+        if x.op is Op.RELOAD:
+            own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
+            off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
+            offers = {sol.starts[q] for q in sol.starts if not h.copy[q] and h.rank[q] == h.rank[j] and q not in own}
+            if t != sol.starts[off] + h.dur[off] and t not in offers:
+                out.append(f"RELOAD {j} at {t}: neither its OFFLOAD's end nor a compute job's start")
+    if not memory_fits(h, sol):
+        out.append("over the memory budget")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

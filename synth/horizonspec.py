@@ -1,0 +1,326 @@
+"""The full-horizon problem as data: every pass of every microbatch, shared by CP-SAT and the MILP.
+
+``Horizon`` expands a ``BlockSpec`` (one microbatch's passes, precedences with comm latency,
+lifespans, budgets: DESIGN.md's dependency list and memory table in integer ticks and memory
+units) to ``m`` microbatches. A *job* is one pass of one microbatch. Jobs of optional passes
+(R for recompute; OFFLOAD and RELOAD for offload) exist only if their unit's *group*, one per
+(stage, microbatch), picks that variant; a group picks exactly one of "keep" and the variants the
+options allow, so recompute and offload are decided per (stage, microbatch).
+
+One symmetry is broken, and it is exact: microbatches are interchangeable, so any schedule can
+be relabelled so that stage 0's first forwards start in microbatch order; ``edges`` holds that
+chain as start-to-start precedences. Hints from existing schedules are relabelled the same way.
+
+This module also holds what both solvers and the search need around the model: the hint of an
+existing schedule (its per-rank, per-stream orders run as soon as possible in ticks), a check of
+a hint against the model's memory budgets, and the schedule a solution decodes to. It imports
+no solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ir import Action, Op, Placement, Schedule
+from synth.blockspec import BlockSpec, Pass
+
+__all__ = ["Horizon", "Solution", "expand", "fits_model", "hint_from_schedule", "memory_fits", "reload_offers",
+           "to_schedule"]
+
+# A rank's program lists its jobs by start, then end (a zero-time copy that feeds a job starting at
+# the same instant comes first), then in the order the dependencies run.
+ORDER = {Op.F: 0, Op.OFFLOAD: 1, Op.RELOAD: 2, Op.R: 3, Op.B: 4, Op.BW: 4, Op.W: 5}
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The full-horizon model's data.
+
+    Attributes:
+        spec: the per-microbatch data (ticks, memory units, budgets).
+        m: microbatches.
+        jobs: job index -> (pass, microbatch).
+        dur, rank, copy: per job: ticks, rank, whether it runs on the copy stream.
+        groups: group index -> (stage, microbatch), for the units that may pick a variant.
+        variants: group index -> its variants, "keep" first.
+        presence: per job, ``(group, variant)`` if the job exists only in that variant, else None.
+        edges: ``(later, earlier, gap)``: job ``later`` starts ``gap`` ticks after ``earlier``
+            ends, when both exist (a negative gap makes it start-to-start).
+        spans: ``(rank, begin, end, units, presence)``: memory held from the start of job
+            ``begin`` to the end of job ``end``; presence as for jobs.
+        upper: ticks by which some schedule surely ends (microbatches one after another).
+    """
+
+    spec: BlockSpec
+    m: int
+    jobs: tuple[tuple[Pass, int], ...]
+    dur: tuple[int, ...]
+    rank: tuple[int, ...]
+    copy: tuple[bool, ...]
+    groups: tuple[tuple[int, int], ...]
+    variants: tuple[tuple[str, ...], ...]
+    presence: tuple[tuple[int, str] | None, ...]
+    edges: tuple[tuple[int, int, int], ...]
+    spans: tuple[tuple[int, int, int, int, tuple[int, str] | None], ...]
+    upper: int
+
+    @property
+    def budget(self) -> tuple[int, ...] | None:
+        return self.spec.budget
+
+    def index(self) -> dict[tuple[Pass, int], int]:
+        return {job: n for n, job in enumerate(self.jobs)}
+
+    def group_index(self) -> dict[tuple[int, int], int]:
+        return {g: n for n, g in enumerate(self.groups)}
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Start ticks of the jobs that exist, and each group's variant."""
+
+    starts: dict[int, int]
+    variants: dict[int, str]
+
+    def makespan(self, h: Horizon) -> int:
+        return max((s + h.dur[j] for j, s in self.starts.items()), default=0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"starts": [[j, s] for j, s in sorted(self.starts.items())],
+                "variants": [[g, v] for g, v in sorted(self.variants.items())]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Solution:
+        return cls({int(j): int(s) for j, s in obj["starts"]}, {int(g): str(v) for g, v in obj["variants"]})
+
+
+def expand(spec: BlockSpec, m: int) -> Horizon:
+    """``spec``'s passes, precedences and lifespans for microbatches 0..m-1."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"microbatches must be a positive integer, got {m!r}")
+    passes = sorted(spec.dur)
+    jobs = tuple((x, i) for i in range(m) for x in passes)
+    index = {job: n for n, job in enumerate(jobs)}
+    groups = tuple((s, i) for i in range(m) for s in range(spec.num_stages) if spec.choices.get(s))
+    gindex = {g: n for n, g in enumerate(groups)}
+    variants = tuple((KEEP, *spec.choices[s]) for s, _ in groups)
+
+    def presence(x: Pass, i: int) -> tuple[int, str] | None:
+        kind = spec.optional.get(x)
+        return None if kind is None else (gindex[(x.stage, i)], kind)
+
+    edges = [(index[(a, i)], index[(b, i)], gap) for i in range(m) for a, b, gap in spec.edges]
+    first = spec.first
+    edges += [(index[(first, i + 1)], index[(first, i)], -spec.dur[first]) for i in range(m - 1)]
+    spans = []
+    for i in range(m):
+        for span in spec.lifespans:
+            if span.variant == KEEP:
+                when = None if not spec.choices.get(span.stage) else (gindex[(span.stage, i)], KEEP)
+            else:
+                when = (gindex[(span.stage, i)], span.variant)
+            spans.append((span.rank, index[(span.begin, i)], index[(span.end, i)], span.units, when))
+    return Horizon(spec, m, jobs, tuple(spec.dur[x] for x, _ in jobs), tuple(spec.rank[x] for x, _ in jobs),
+                   tuple(x in spec.copy for x, _ in jobs), groups, variants,
+                   tuple(presence(x, i) for x, i in jobs), tuple(edges), tuple(spans), m * spec.max_period)
+
+
+def exists(h: Horizon, when: tuple[int, str] | None, variants: dict[int, str]) -> bool:
+    """Whether a job or span with presence ``when`` exists under the groups' ``variants``."""
+    return when is None or variants.get(when[0], KEEP) == when[1]
+
+
+# ------------------------------------------------------------------------------------------ hints
+def hint_from_schedule(h: Horizon, schedule: Schedule) -> Solution | None:
+    """The schedule's orders as a solution of the model: each rank runs its compute and copy
+    programs in the schedule's order, every job as soon as the model's precedences allow (ticks).
+
+    Microbatches are relabelled so stage 0's first forwards start in order (the model's symmetry
+    break). None if the schedule does not fit the model: another placement or slicing, fused
+    backward where the model splits it (or the reverse), or a recompute/offload the options do
+    not allow.
+    """
+    spec = h.spec
+    if (schedule.placement.stage_to_rank != tuple(spec.rank[Pass(s, 0, Op.F)] for s in range(spec.num_stages))
+            or schedule.m != h.m or schedule.k != 1 + max(x.slice for x in spec.dur)):
+        return None
+    groups = h.group_index()
+    variants: dict[int, str] = {}
+    programs: list[list[Pass | tuple]] = []
+    for prog in schedule.ranks:
+        for stream in ("compute", "copy"):
+            mine = [a for a in prog if a.op.stream.value == stream and not a.op.is_comm]
+            programs.append(mine)
+            for a in mine:
+                kind = {Op.R: "recompute", Op.OFFLOAD: "offload", Op.RELOAD: "offload"}.get(a.op)
+                if kind is None:
+                    continue
+                g = groups.get((a.stage, a.microbatch))
+                if g is None or kind not in h.variants[g]:
+                    return None
+                variants[g] = kind
+    index = h.index()
+    try:
+        order = [[index[(Pass(a.stage, a.slice, a.op), a.microbatch)] for a in prog] for prog in programs]
+    except KeyError:
+        return None
+    not_before: dict[int, int] = {}
+    for _ in range(50):  # each round moves misplaced RELOADs later; a hint still off after that is left to CP-SAT
+        starts = _asap(h, order, variants, not_before)
+        if starts is None:
+            return None
+        late = _misplaced_reloads(h, starts)
+        if not late:
+            break
+        not_before.update(late)
+    return _relabel(h, Solution(starts, variants))
+
+
+def reload_offers(h: Horizon, j: int, starts: dict[int, int]) -> list[int]:
+    """The ticks at which RELOAD job ``j`` may start (``synth.horizon.add_reload_timing``): its
+    OFFLOAD's end, and the starts of its rank's existing compute jobs other than its own unit's
+    B, BW and R."""
+    x, i = h.jobs[j]
+    index = h.index()
+    off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
+    own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
+    return [starts[off] + h.dur[off]] + [t for q, t in starts.items()
+                                         if h.rank[q] == h.rank[j] and not h.copy[q] and q not in own]
+
+
+def _misplaced_reloads(h: Horizon, starts: dict[int, int]) -> dict[int, int]:
+    """RELOADs that start where the model does not let them, with the next tick where it does."""
+    late = {}
+    for j, t in starts.items():
+        if h.jobs[j][0].op is Op.RELOAD:
+            offers = reload_offers(h, j, starts)
+            if t not in offers:
+                later = [u for u in offers if u > t]
+                if later:
+                    late[j] = min(later)
+    return late
+
+
+def fits_model(h: Horizon, sol: Solution) -> bool:
+    """Whether ``sol`` satisfies every constraint of the model: precedences (the symmetry break
+    included), one job at a time per rank and stream, the memory budgets and the RELOAD timing."""
+    starts = sol.starts
+    present = [j for j in range(len(h.jobs)) if exists(h, h.presence[j], sol.variants)]
+    if sorted(starts) != present:
+        return False
+    for later, earlier, gap in h.edges:
+        if later in starts and earlier in starts and starts[later] < starts[earlier] + h.dur[earlier] + gap:
+            return False
+    streams: dict[tuple[int, bool], list[tuple[int, int]]] = {}
+    for j, t in starts.items():
+        if h.dur[j] > 0:
+            streams.setdefault((h.rank[j], h.copy[j]), []).append((t, t + h.dur[j]))
+    for spans in streams.values():
+        spans.sort()
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
+            return False
+    if any(h.jobs[j][0].op is Op.RELOAD and t not in reload_offers(h, j, starts) for j, t in starts.items()):
+        return False
+    return memory_fits(h, sol)
+
+
+def _asap(h: Horizon, order: list[list[int]], variants: dict[int, str],
+          not_before: dict[int, int]) -> dict[int, int] | None:
+    """Earliest starts (none before ``not_before``) for jobs run in the given per-stream orders;
+    None on a deadlock or when the orders miss a job the variants need. The symmetry break's
+    start-to-start edges (negative gaps) are left out: the hint is relabelled afterwards."""
+    present = [j for j in range(len(h.jobs)) if exists(h, h.presence[j], variants)]
+    if sorted(j for prog in order for j in prog) != present:
+        return None
+    preds: dict[int, list[tuple[int, int]]] = {}
+    for later, earlier, gap in h.edges:
+        if gap >= 0 and exists(h, h.presence[later], variants) and exists(h, h.presence[earlier], variants):
+            preds.setdefault(later, []).append((earlier, gap))
+    starts: dict[int, int] = {}
+    pos = [0] * len(order)
+    free = [0] * len(order)
+    progressed = True
+    while progressed:
+        progressed = False
+        for n, prog in enumerate(order):
+            while pos[n] < len(prog):
+                j = prog[pos[n]]
+                ready = [starts.get(e) for e, _ in preds.get(j, ())]
+                if any(t is None for t in ready):
+                    break
+                at = max([free[n], not_before.get(j, 0), *(starts[e] + h.dur[e] + g for (e, g) in preds.get(j, ()))])
+                starts[j] = at
+                free[n] = at + h.dur[j]
+                pos[n] += 1
+                progressed = True
+    return starts if len(starts) == len(present) else None
+
+
+def _relabel(h: Horizon, sol: Solution) -> Solution:
+    """The same schedule with microbatches renamed so stage 0's first forwards start in order."""
+    index = h.index()
+    first = h.spec.first
+    order = sorted(range(h.m), key=lambda i: (sol.starts[index[(first, i)]], i))
+    new_of = {old: new for new, old in enumerate(order)}
+    groups = h.group_index()
+    starts = {index[(x, new_of[i])]: t for j, t in sol.starts.items() for x, i in [h.jobs[j]]}
+    variants = {groups[(s, new_of[i])]: v for g, v in sol.variants.items() for s, i in [h.groups[g]]}
+    return Solution(starts, variants)
+
+
+def _depends_on(later: Action, copy: Action) -> bool:
+    """Whether ``later`` waits for ``copy``: a unit's RELOAD waits for its OFFLOAD, and its B, BW
+    and R for its RELOAD."""
+    if later.unit != copy.unit:
+        return False
+    return (copy.op is Op.OFFLOAD and later.op is Op.RELOAD) or (
+        copy.op is Op.RELOAD and later.op in (Op.B, Op.BW, Op.R))
+
+
+def memory_fits(h: Horizon, sol: Solution) -> bool:
+    """Whether the solution keeps every rank within its budget in the model's memory units (frees
+    at an instant count before allocations there, as in CP-SAT's cumulative)."""
+    if h.budget is None:
+        return True
+    events: list[list[tuple[int, int]]] = [[] for _ in range(h.spec.p)]
+    for r, b, e, units, when in h.spans:
+        if exists(h, when, sol.variants):
+            events[r] += [(sol.starts[b], units), (sol.starts[e] + h.dur[e], -units)]
+    for r, evs in enumerate(events):
+        level = 0
+        for _, delta in sorted(evs):
+            level += delta
+            if level > h.budget[r]:
+                return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------- decode
+def to_schedule(h: Horizon, sol: Solution, placement: Placement, **meta) -> Schedule:
+    """The schedule whose per-rank programs are the solution's jobs sorted by start tick.
+
+    A copy job goes after every job that starts no later than it, except the jobs that depend on
+    it: ``ir.simulate`` starts an action no earlier than the one before it in the program, so a
+    copy then starts at its own tick whenever a job starts at that tick (see ``synth.horizon``'s
+    RELOAD timing)."""
+    timed: list[list[tuple]] = [[] for _ in range(placement.p)]
+    for j, t in sol.starts.items():
+        x, i = h.jobs[j]
+        timed[h.rank[j]].append((t, t + h.dur[j], ORDER[x.op], x.stage, i, x.slice, Action(x.op, x.stage, i, x.slice)))
+    ranks = []
+    for items in timed:
+        items.sort()
+        for copy in [item for item in items if item[-1].op.stream.value == "copy"]:
+            items.remove(copy)
+            at, first_dependent = 0, len(items)
+            for n, item in enumerate(items):
+                if _depends_on(item[-1], copy[-1]):
+                    first_dependent = min(first_dependent, n)
+                elif item[0] <= copy[0]:
+                    at = n + 1
+            items.insert(min(at, first_dependent), copy)
+        ranks.append([item[-1] for item in items])
+    return Schedule(placement, h.m, ranks, k=1 + max(x.slice for x in h.spec.dur),
+                    meta={"made_by": "synth.horizon", "tick": h.spec.tick, **meta})

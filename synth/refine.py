@@ -1,0 +1,127 @@
+"""Full-horizon refinement and lower bounds for the search (``synth --optimize full|auto``).
+
+`full_horizon` builds the full-horizon model for one placement (``synth.horizonspec``), hints it
+with the schedules found so far (the tiled block, the fitting baselines), solves it with CP-SAT
+(``synth.horizon``) or the MILP twin (``synth.horizon_milp``: HiGHS or CBC in a child process),
+and decodes the answer to a schedule, which the search then squeezes, simulates and verifies
+like any other candidate.
+
+`lower_bound` says how far from optimal a schedule may be: the analytic bound on the real costs
+(``synth.bounds`` on the unrounded data), raised to the solver's proven bound when the solver's
+model is exact for these costs (every duration a whole number of ticks and every byte count a
+whole number of memory units; else the model rounds up and its bound holds only for the model),
+allows no offload (its RELOAD timing is stricter than what programs can do; see
+``synth.horizon.add_reload_timing``), and covers the schedule's operations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ir import Costs, Op, Placement, Schedule
+from synth.blockspec import BlockError, BlockOptions, block_spec
+from synth.bounds import analytic_bound
+from synth.horizonspec import Horizon, expand, hint_from_schedule, to_schedule
+
+__all__ = ["AUTO_JOBS_PER_SECOND", "Bound", "full_horizon", "gap", "horizon_jobs", "lower_bound", "raise_bound"]
+
+# "auto" refines when the full-horizon model has at most this many jobs per second of time limit:
+# on the 2-core CI machine CP-SAT's presolve alone takes ~0.3 s for 192 jobs and ~9 s for 768 (p=8,
+# m=32), so below this rate the solver has time to search, not only to read the model.
+AUTO_JOBS_PER_SECOND = 100
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A lower bound on the makespan (ms) of every schedule on ``placement`` with the options.
+
+    Attributes:
+        value: the bound in cost units (ms).
+        source: "analytic (work|pass|memory)" or "<solver> proven".
+        placement: the placement kind it is for.
+        analytic: the analytic bound alone.
+    """
+
+    value: float
+    source: str
+    placement: str
+    analytic: float
+
+
+def horizon_jobs(placement: Placement, m: int, k: int, options: BlockOptions) -> int:
+    """Jobs (passes x microbatches) of the full-horizon model: what "auto" sizes the solve by."""
+    per_unit = (3 if options.split_backward else 2) + int(options.recompute) + 2 * int(options.offload)
+    return placement.num_stages * k * m * per_unit
+
+
+def full_horizon(costs: Costs, placement: Placement, m: int, options: BlockOptions, hints: list[Schedule],
+                 solver: str = "cpsat", progress: Callable | None = None):
+    """Solve the full-horizon model of ``placement`` within ``options.time_limit`` seconds.
+
+    Returns ``(schedule or None, result, horizon)``: the decoded schedule (None if the solver found
+    nothing and no hint fits the model), the solver's `HorizonResult`, and the model's data.
+
+    Raises:
+        BlockError: the options do not fit the costs, or the solver is unknown or failed.
+    """
+    spec = block_spec(costs, placement, options)
+    h = expand(spec, m)
+    solutions = [s for s in (hint_from_schedule(h, x) for x in hints) if s is not None]
+    if solver == "cpsat":
+        from synth.horizon import solve_horizon
+
+        result = solve_horizon(h, time_limit=options.time_limit, workers=options.workers, hints=solutions,
+                               progress=progress)
+    elif solver in ("highs", "cbc"):
+        from synth.horizon_milp import solve_horizon_milp
+
+        result = solve_horizon_milp(h, solver=solver, time_limit=options.time_limit, workers=options.workers,
+                                    hints=solutions, progress=progress)
+    else:
+        raise BlockError(f"unknown solver {solver!r}; choose cpsat, highs or cbc")
+    schedule = None
+    if result.solution is not None:
+        schedule = to_schedule(h, result.solution, placement, solver=solver, status=result.status, exact=spec.exact,
+                               makespan_ticks=result.makespan, bound_ticks=result.bound,
+                               solve_seconds=round(result.seconds, 3))
+    return schedule, result, h
+
+
+def lower_bound(costs: Costs, placement: Placement, kind: str, m: int, mem_cap: float | None,
+                k: int = 1) -> Bound:
+    """The analytic bound for every schedule on ``placement``: recompute and offload allowed (k = 1),
+    backward split or fused, whichever bounds lower (so it holds for the library's schedules too)."""
+    values = []
+    for split in (True, False):
+        options = BlockOptions(split_backward=split, recompute=k == 1, offload=k == 1, mem_cap=mem_cap)
+        values.append(analytic_bound(block_spec(costs, placement, options, rounded=False), m))
+    best = min(values, key=lambda b: b.value)
+    return Bound(best.value, f"analytic ({best.kind})", kind, best.value)
+
+
+def raise_bound(bound: Bound, h: Horizon, result, schedule: Schedule) -> Bound:
+    """``bound`` raised to the solver's proven bound, where that bound holds for ``schedule``: the
+    model is exact for the costs and allows every operation ``schedule`` uses."""
+    spec = h.spec
+    if not spec.exact or result.bound is None or any(x.op is Op.RELOAD for x in spec.dur):
+        return bound  # rounded data, or offload (the model's RELOAD timing is stricter than programs')
+    ops = {a.op for _, _, a in schedule.actions() if not a.op.is_comm}
+    allowed = {Op.F, Op.B, Op.W} if spec.split_backward else {Op.F, Op.BW}
+    allowed |= {x.op for x in spec.optional}
+    if not ops <= allowed or schedule.placement.stage_to_rank != tuple(
+            spec.rank[x] for x in sorted(spec.dur) if x.op is Op.F and x.slice == 0):
+        return bound
+    solver_ms = result.bound * spec.tick
+    if solver_ms <= bound.value * (1 + 1e-12):
+        return bound
+    return dataclasses.replace(bound, value=solver_ms, source=f"{result.solver} proven")
+
+
+def gap(makespan: float, bound: Bound | None) -> float | None:
+    """``(makespan - bound) / makespan``, or None without a bound."""
+    if bound is None or not math.isfinite(bound.value) or makespan <= 0:
+        return None
+    return max(0.0, (makespan - bound.value) / makespan)
