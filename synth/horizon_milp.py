@@ -51,7 +51,7 @@ solver sample: data, variables, one helper per constraint family, objective, sol
   starts with ``rho``, so it is no candidate; nothing else is dropped.
 - Objective: ``makespan * weight + sum x[g, v]`` over ``v != "keep"``. The makespan bound from an
   objective bound ``b`` is ``max(floor, floor(b) // weight)``.
-- Hints: as ``solve_horizon``, the best hint that fits the memory (``memory_fits``) caps the
+- Hints: as ``solve_horizon``, the best hint that satisfies the model (``fits_model``) caps the
   makespan (``upper``) and is the MIP start (every variable set, the binaries from its times;
   absent jobs start at 0); the answer is never worse than it (status "hint" when the solver
   returns nothing better).
@@ -92,7 +92,7 @@ from typing import Any
 from ir import Op
 from synth.blockspec import BlockError, BlockSpec, Pass
 from synth.bounds import analytic_bound
-from synth.horizonspec import KEEP, Horizon, Solution, exists, expand, memory_fits
+from synth.horizonspec import KEEP, Horizon, Solution, exists, expand, fits_model, violations
 
 __all__ = ["MILP_SOLVERS", "main", "model_size", "solve_horizon_milp"]
 
@@ -187,7 +187,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     hints = [Solution.from_json(s) for s in request["hints"]]
     solver, time_limit, workers = request["solver"], float(request["time_limit"]), int(request["workers"])
     _check_solver(solver)  # fails early on a missing solver
-    fitting = sorted((s for s in hints if memory_fits(h, s)), key=lambda s: s.makespan(h))
+    fitting = sorted((s for s in hints if fits_model(h, s)), key=lambda s: s.makespan(h))
     best_hint = fitting[0] if fitting else None
     upper = h.upper if best_hint is None else min(h.upper, best_hint.makespan(h))
     floor = _floor(h, upper)
@@ -210,7 +210,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     bound = floor if obj_bound is None else max(floor, int(math.floor(obj_bound + 1e-9)) // weight)
     if outcome in ("optimal", "feasible"):
         solution = model.decode()
-        problems = _violations(h, solution, upper)
+        problems = violations(h, solution, upper)
         if problems:  # a model or rounding bug: never hand back a wrong schedule
             print(f"horizon_milp: the {solver} solution breaks the model: {problems[:5]}", file=sys.stderr)
             outcome = "unknown"
@@ -621,45 +621,6 @@ def _highs_class():
             lp.solverModel.run()
 
     return Highs
-
-
-# ------------------------------------------------------------------------------------------ check
-def _violations(h: Horizon, sol: Solution, upper: int) -> list[str]:
-    """What ``sol`` breaks of the model (empty if nothing): starts, precedences, no-overlap, RELOAD
-    timing, memory."""
-    out = []
-    present = [j for j in range(len(h.jobs)) if exists(h, h.presence[j], sol.variants)]
-    if sorted(sol.starts) != present:
-        out.append("the solution's jobs are not those of its variants")
-        return out
-    for j, t in sol.starts.items():
-        if t < 0 or t + h.dur[j] > upper:
-            out.append(f"job {j} at {t} outside [0, {upper}]")
-    for later, earlier, gap in h.edges:
-        if later in sol.starts and earlier in sol.starts:
-            if sol.starts[later] < sol.starts[earlier] + h.dur[earlier] + gap:
-                out.append(f"edge {later} after {earlier} + {gap}")
-    streams: dict[tuple[int, bool], list[tuple[int, int]]] = {}
-    for j, t in sol.starts.items():
-        if h.dur[j] > 0:
-            streams.setdefault((h.rank[j], h.copy[j]), []).append((t, j))
-    for items in streams.values():
-        items.sort()
-        for (t, j), (u, k) in zip(items, items[1:], strict=False):
-            if t + h.dur[j] > u:
-                out.append(f"jobs {j} and {k} overlap")
-    index = h.index()
-    for j, t in sol.starts.items():
-        x, i = h.jobs[j]
-        if x.op is Op.RELOAD:
-            own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
-            off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
-            offers = {sol.starts[q] for q in sol.starts if not h.copy[q] and h.rank[q] == h.rank[j] and q not in own}
-            if t != sol.starts[off] + h.dur[off] and t not in offers:
-                out.append(f"RELOAD {j} at {t}: neither its OFFLOAD's end nor a compute job's start")
-    if not memory_fits(h, sol):
-        out.append("over the memory budget")
-    return out
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ir import Action, Op, Placement, Schedule
 from synth.blockspec import BlockSpec, Pass
 
 __all__ = ["Horizon", "Solution", "expand", "fits_model", "hint_from_schedule", "memory_fits", "reload_offers",
-           "to_schedule"]
+           "to_schedule", "violations"]
 
 # A rank's program lists its jobs by start, then end (a zero-time copy that feeds a job starting at
 # the same instant comes first), then in the order the dependencies run.
@@ -204,26 +204,40 @@ def _misplaced_reloads(h: Horizon, starts: dict[int, int]) -> dict[int, int]:
 
 
 def fits_model(h: Horizon, sol: Solution) -> bool:
-    """Whether ``sol`` satisfies every constraint of the model: precedences (the symmetry break
-    included), one job at a time per rank and stream, the memory budgets and the RELOAD timing."""
-    starts = sol.starts
+    """Whether ``sol`` satisfies every constraint of the model (see `violations`)."""
+    return not violations(h, sol)
+
+
+def violations(h: Horizon, sol: Solution, upper: int | None = None) -> list[str]:
+    """What ``sol`` breaks of the model (empty if nothing): its jobs, starts within [0, upper],
+    precedences (the symmetry break included), one job at a time per rank and stream, the RELOAD
+    timing and the memory budgets."""
+    out = []
     present = [j for j in range(len(h.jobs)) if exists(h, h.presence[j], sol.variants)]
-    if sorted(starts) != present:
-        return False
+    if sorted(sol.starts) != present:
+        return ["the solution's jobs are not those of its variants"]
+    for j, t in sol.starts.items():
+        if t < 0 or (upper is not None and t + h.dur[j] > upper):
+            out.append(f"job {j} at {t} outside [0, {upper}]")
     for later, earlier, gap in h.edges:
-        if later in starts and earlier in starts and starts[later] < starts[earlier] + h.dur[earlier] + gap:
-            return False
+        if later in sol.starts and earlier in sol.starts:
+            if sol.starts[later] < sol.starts[earlier] + h.dur[earlier] + gap:
+                out.append(f"edge {later} after {earlier} + {gap}")
     streams: dict[tuple[int, bool], list[tuple[int, int]]] = {}
-    for j, t in starts.items():
+    for j, t in sol.starts.items():
         if h.dur[j] > 0:
-            streams.setdefault((h.rank[j], h.copy[j]), []).append((t, t + h.dur[j]))
-    for spans in streams.values():
-        spans.sort()
-        if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
-            return False
-    if any(h.jobs[j][0].op is Op.RELOAD and t not in reload_offers(h, j, starts) for j, t in starts.items()):
-        return False
-    return memory_fits(h, sol)
+            streams.setdefault((h.rank[j], h.copy[j]), []).append((t, j))
+    for items in streams.values():
+        items.sort()
+        for (t, j), (u, k) in zip(items, items[1:], strict=False):
+            if t + h.dur[j] > u:
+                out.append(f"jobs {j} and {k} overlap")
+    for j, t in sol.starts.items():
+        if h.jobs[j][0].op is Op.RELOAD and t not in reload_offers(h, j, sol.starts):
+            out.append(f"RELOAD {j} at {t}: neither its OFFLOAD's end nor a compute job's start")
+    if not memory_fits(h, sol):
+        out.append("over the memory budget")
+    return out
 
 
 def _asap(h: Horizon, order: list[list[int]], variants: dict[int, str],

@@ -2,8 +2,8 @@
 
 On small horizons with known optima both MILP solvers must prove the optimum, and the decoded
 solution must be a valid schedule (``ir.verify`` under the cap) that simulates to the same
-makespan; on a few more (a binding cap, recompute chosen, offload offered) they must agree with
-CP-SAT (``synth.horizon``).
+makespan; on a few more (a binding cap, recompute chosen, offload offered, free offload with the
+RELOAD timing) they must agree with CP-SAT (``synth.horizon``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ir import Costs, Placement, simulate, verify
 from synth import horizon_milp
 from synth.blockspec import BlockError, BlockOptions, block_spec
 from synth.horizon import solve_horizon
-from synth.horizonspec import Solution, expand, hint_from_schedule, to_schedule
+from synth.horizonspec import Solution, expand, hint_from_schedule, to_schedule, violations
 
 MILP = ["highs", "cbc"]
 
@@ -90,6 +90,30 @@ def test_agrees_with_cpsat(solver, costs, options, m):
     decisions = [sum(v != "keep" for v in r.solution.variants.values()) for r in (reference, result)]
     assert decisions[0] == decisions[1]
     check_schedule(h, result, costs, placement, options.mem_cap)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_free_offload_keeps_the_reload_timing_of_cpsat(m):
+    # Offload that takes no time (infinite copy bandwidth) under a one-activation cap. A RELOAD must
+    # start at its OFFLOAD's end or with a compute job of its rank (not its own B), as the simulator
+    # runs it; without that rule the MILP places a RELOAD where the simulated program goes over the
+    # cap. With it both twins reach CP-SAT's optimum 3m + 2, offloading some unit, and the MILP's
+    # program verifies under the cap and simulates to its makespan.
+    costs = Costs.uniform(2, act=1.0, wact=0.0)
+    h, placement = horizon(costs, BlockOptions(mem_cap=1.0, offload=True), m)
+    reference = solve_horizon(h, time_limit=30)
+    result = horizon_milp.solve_horizon_milp(h, solver="highs", time_limit=60)
+    assert reference.status == result.status == "optimal"
+    assert reference.makespan == result.makespan == result.bound == 3 * m + 2
+    for r in (reference, result):
+        assert "offload" in r.solution.variants.values()
+    check_schedule(h, result, costs, placement, 1.0)
+    # The child's own check names a RELOAD moved off every allowed instant.
+    assert violations(h, result.solution, h.upper) == []
+    rho = next(j for j in result.solution.starts if h.jobs[j][0].op.value == "RELOAD")
+    # Every job ends by the makespan, so nothing starts (or ends) one tick after it.
+    moved = Solution({**result.solution.starts, rho: result.makespan + 1}, result.solution.variants)
+    assert any("RELOAD" in problem for problem in violations(h, moved, 10 * h.upper))
 
 
 def test_recompute_is_chosen_when_it_pays():
