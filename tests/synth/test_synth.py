@@ -194,3 +194,22 @@ def test_synth_optimize_full_prints_the_bound_and_the_refinement(tmp_path, capsy
     text = capsys.readouterr().out
     assert "lower bound:" in text and "gap" in text and "full horizon (cpsat" in text
     verify(load(out))
+
+
+def test_progress_line_prints_every_better_schedule_and_the_bound_at_most_once_a_second():
+    import io
+
+    from synth.main import ProgressLine
+
+    out = io.StringIO()
+    line = ProgressLine(out)
+    line(0.1, None, 90.0)        # printed: the first report
+    line(0.2, 120.0, 90.0)       # printed: a schedule
+    line(0.3, 120.0, 95.0)       # bound only, within a second of the last line: not printed
+    line(0.4, 110.0, 95.0)       # printed: a better schedule
+    line(1.5, 110.0, 99.0)       # printed: bound only, a second later
+    line(1.6, 110.0, 99.0)       # nothing new
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    assert "makespan none yet, bound 90.0 ms" in lines[0]
+    assert "makespan 110.0 ms, bound 99.0 ms, gap 10.0%" in lines[3]  # (110 - 99) / 110
