@@ -34,7 +34,7 @@ from ortools.sat.python import cp_model
 from ir import Op
 from synth.blockspec import Pass
 from synth.bounds import analytic_bound
-from synth.horizonspec import KEEP, Horizon, Solution, exists, fits_model
+from synth.horizonspec import KEEP, Horizon, Solution, exists, fits_model, realize
 
 __all__ = ["HorizonResult", "Progress", "solve_horizon"]
 
@@ -128,36 +128,38 @@ def add_precedences(model: cp_model.CpModel, v: _Vars, h: Horizon) -> None:
 
 
 def add_reload_timing(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int) -> None:
-    """A RELOAD starts at its OFFLOAD's end or exactly when a compute job of its rank starts
-    (not its own unit's B or R, which wait for it).
+    """A RELOAD starts where ``ir.simulate`` can start one: at its OFFLOAD's end, when a compute job
+    of its rank starts (not its own unit's B or R, which wait for it), or when another copy of its
+    rank ends.
 
-    ``ir.simulate`` runs each rank's program as soon as possible in program order, so a copy
-    placed right after a compute job starts with it; the decoded program (``to_schedule``) puts it
-    there, and the simulation then allocates the reloaded bytes where the model did, however the
-    compute jobs shift. A RELOAD at any other instant could land elsewhere in simulation. This is
-    stricter than the simulator (which can also start a copy where another copy ends), so with
-    offload the model's bound holds for the model, not for every program: ``synth.refine`` claims
-    the solver's bound for the costs only for models without offload."""
+    The simulator runs each rank's program as soon as possible in program order: a copy starts at
+    the latest of its OFFLOAD's end (its only dependency), the start of the action before it in
+    the program (a compute job, or a copy, which starts no later than it ends) and the end of the
+    copy before it on the copy stream. So every simulated program meets this rule and the model
+    stays a relaxation of them (its bound holds with offload too), while a RELOAD may not float to
+    an instant no program gives it. The decoded program (``to_schedule``) puts each copy right
+    after the jobs that start no later than it; where the simulation shifts compute jobs earlier
+    than the model's ticks, a copy can follow them, which ``synth.refine`` catches by simulating."""
     reloads = [j for j, (x, _) in enumerate(h.jobs) if x.op is Op.RELOAD]
     if not reloads:
         return
     index = h.index()
-    offers: dict[int, list] = {}
+    offers: dict[int, list] = {}  # a compute job's start, a copy's end; -1 when the job is absent
+    ranks = {h.rank[q] for q in reloads}
     for j, (x, i) in enumerate(h.jobs):
-        if h.copy[j] or h.rank[j] not in {h.rank[q] for q in reloads}:
+        if h.rank[j] not in ranks:
             continue
-        offer = v.start[j]
+        time_ = v.start[j] + h.dur[j] if h.copy[j] else v.start[j]
+        offer = time_
         if v.present[j] is not True:
             offer = model.NewIntVar(-1, upper, f"offer_{x.name}_m{i}")
-            model.Add(offer == v.start[j]).OnlyEnforceIf(v.present[j])
+            model.Add(offer == time_).OnlyEnforceIf(v.present[j])
             model.Add(offer == -1).OnlyEnforceIf(v.present[j].Not())
         offers[j] = offer
     for j in reloads:
         x, i = h.jobs[j]
-        own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
-        off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
-        choices = [v.start[off] + h.dur[off]]
-        choices += [t for q, t in offers.items() if h.rank[q] == h.rank[j] and q not in own]
+        own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)} | {j}
+        choices = [t for q, t in offers.items() if h.rank[q] == h.rank[j] and q not in own]
         at = model.NewIntVar(0, len(choices) - 1, f"at_{x.name}_m{i}")
         model.AddElement(at, choices, v.start[j])
 
@@ -203,19 +205,26 @@ def _decisions(v: _Vars) -> list:
 
 # ---------------------------------------------------------------------------------------- solve
 class _Watch(cp_model.CpSolverSolutionCallback):
-    """Records (seconds, makespan, bound) at every solution, and passes them to ``progress``."""
+    """Keeps the best solution that the simulator reproduces (`realize`), starting from the hint,
+    and records (seconds, its makespan, bound) at every change, passing them to ``progress``."""
 
-    def __init__(self, weight: int, history: list, progress: Progress | None, floor: int) -> None:
+    def __init__(self, h: Horizon, v: _Vars, weight: int, history: list, progress: Progress | None, floor: int,
+                 hint: Solution | None) -> None:
         super().__init__()
-        self.weight, self.history, self.progress, self.floor = weight, history, progress, floor
+        self.h, self.v, self.weight, self.history, self.progress, self.floor = h, v, weight, history, progress, floor
         self.began = time.perf_counter()
-
-        self.makespan: int | None = None
+        self.best = hint
+        self.makespan: int | None = None if hint is None else hint.makespan(h)
         self.bound = floor
 
     def on_solution_callback(self) -> None:
-        self.makespan = int(round(self.ObjectiveValue())) // self.weight
+        self.offer(_decode(self.h, self, self.v))
         self.on_bound(self.BestObjectiveBound())
+
+    def offer(self, solution: Solution) -> None:
+        real = realize(self.h, solution)
+        if real is not None and (self.best is None or real.makespan(self.h) < self.makespan):
+            self.best, self.makespan = real, real.makespan(self.h)
 
     def on_bound(self, objective_bound: float) -> None:
         self.bound = max(self.bound, int(math.floor(objective_bound + 1e-9)) // self.weight)
@@ -264,28 +273,25 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = 0
     history: list = []
-    watch = _Watch(weight, history, progress, floor)
+    watch = _Watch(h, v, weight, history, progress, floor, best_hint)
     solver.best_bound_callback = watch.on_bound
     status = solver.Solve(model, watch)
     seconds = time.perf_counter() - began
+    if status == cp_model.INFEASIBLE and best_hint is None:
+        return HorizonResult(None, None, floor, False, "infeasible", seconds, "cpsat", history)
     bound = floor
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         bound = max(floor, int(math.floor(solver.BestObjectiveBound() + 1e-9)) // weight)
-        solution = _decode(h, solver, v)
-        makespan = solution.makespan(h)
-        if best_hint is not None and best_hint.makespan(h) < makespan:  # cannot happen: the hint caps it
-            solution, makespan = best_hint, best_hint.makespan(h)
-        proven = status == cp_model.OPTIMAL or makespan <= bound
-        bound = makespan if proven else bound
-        watch.record(makespan, bound)
-        return HorizonResult(solution, makespan, bound, proven, "optimal" if proven else "feasible", seconds,
-                             "cpsat", history)
-    if status == cp_model.INFEASIBLE:
-        return HorizonResult(None, None, floor, False, "infeasible", seconds, "cpsat", history)
-    if best_hint is not None:
-        makespan = best_hint.makespan(h)
-        return HorizonResult(best_hint, makespan, floor, makespan <= floor, "hint", seconds, "cpsat", history)
-    return HorizonResult(None, None, floor, False, "unknown", seconds, "cpsat", history)
+        watch.offer(_decode(h, solver, v))
+    solution, makespan = watch.best, watch.makespan
+    if solution is None:
+        return HorizonResult(None, None, bound, False, "unknown", seconds, "cpsat", history)
+    proven = makespan <= bound
+    found = solution is not best_hint
+    status_name = "optimal" if proven else "feasible" if found else "hint"
+    watch.record(makespan, makespan if proven else bound)
+    return HorizonResult(solution, makespan, makespan if proven else bound, proven, status_name, seconds, "cpsat",
+                         history)
 
 
 def _add_hint(model: cp_model.CpModel, v: _Vars, h: Horizon, hint: Solution) -> None:
@@ -301,7 +307,7 @@ def _add_hint(model: cp_model.CpModel, v: _Vars, h: Horizon, hint: Solution) -> 
     model.AddHint(v.makespan, hint.makespan(h))
 
 
-def _decode(h: Horizon, solver: cp_model.CpSolver, v: _Vars) -> Solution:
+def _decode(h: Horizon, solver, v: _Vars) -> Solution:
     variants = {g: variant for (g, variant), lit in v.variant.items() if solver.BooleanValue(lit)}
     starts = {j: solver.Value(var) for j, var in v.start.items() if exists(h, h.presence[j], variants)}
     return Solution(starts, variants)

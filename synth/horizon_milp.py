@@ -41,8 +41,9 @@ solver sample: data, variables, one helper per constraint family, objective, sol
   ``end_L`` ends, ``y = 0`` when ``end_L`` starts no earlier than ``a`` (and ``dur >= 1``); a pair
   with ``z = 0`` or ``y = 1`` fixed is never alive and is left out.
 - RELOAD timing (as ``synth.horizon.add_reload_timing``): a RELOAD ``rho`` that exists starts at its
-  OFFLOAD's end or at the start of an existing compute job of its rank other than its own unit's
-  B, BW and R. One binary ``a[rho, c]`` per candidate ``c``, ``sum_c a[rho, c] == x`` (the
+  OFFLOAD's end, at the end of another existing copy of its rank, or at the start of an existing
+  compute job of its rank other than its own unit's B, BW and R (copies are not pruned). One
+  binary ``a[rho, c]`` per candidate ``c``, ``sum_c a[rho, c] == x`` (the
   RELOAD's variant: all 0 when it is absent), ``a[rho, c] <= x_c`` for an optional candidate (an
   R of another group), and ``a = 1 => start[rho] == time_c`` as ``start[rho] >= time_c - M (1 -
   a)`` and ``time_c >= start[rho] - M (1 - a)`` (a side that a forced order gives is left out; a
@@ -92,7 +93,7 @@ from typing import Any
 from ir import Op
 from synth.blockspec import BlockError, BlockSpec, Pass
 from synth.bounds import analytic_bound
-from synth.horizonspec import KEEP, Horizon, Solution, exists, expand, fits_model, violations
+from synth.horizonspec import KEEP, Horizon, Solution, exists, expand, fits_model, realize, violations
 
 __all__ = ["MILP_SOLVERS", "main", "model_size", "solve_horizon_milp"]
 
@@ -214,15 +215,20 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         if problems:  # a model or rounding bug: never hand back a wrong schedule
             print(f"horizon_milp: the {solver} solution breaks the model: {problems[:5]}", file=sys.stderr)
             outcome = "unknown"
-        else:
+        # As CP-SAT's: only a solution the simulator reproduces is handed back (the model's RELOAD
+        # rule is a relaxation of the simulator's); the bound stands either way.
+        if outcome == "optimal" and not problems:  # the model's optimum bounds every schedule
+            bound = max(bound, solution.makespan(h))
+        solution = None if problems else realize(h, solution)
+        if solution is not None and (best_hint is None or solution.makespan(h) <= best_hint.makespan(h)):
             makespan = solution.makespan(h)
-            if best_hint is None or makespan <= best_hint.makespan(h):
-                proven = outcome == "optimal" or makespan <= bound
-                return reply(solution, makespan if proven else bound, "optimal" if proven else "feasible")
+            proven = makespan <= bound
+            return reply(solution, makespan if proven else bound, "optimal" if proven else "feasible")
     if outcome == "infeasible" and best_hint is None:
         return reply(None, floor, "infeasible")
     if best_hint is not None:
-        return reply(best_hint, bound, "hint")
+        settled = best_hint.makespan(h) <= bound
+        return reply(best_hint, best_hint.makespan(h) if settled else bound, "optimal" if settled else "hint")
     return reply(None, bound, "unknown")
 
 
@@ -465,8 +471,9 @@ class _Model:
 
 
     def _reload_timing(self) -> None:
-        """As ``synth.horizon.add_reload_timing``: a RELOAD that exists starts at its OFFLOAD's end or
-        when a compute job of its rank that exists starts, not its own unit's B, BW or R."""
+        """As ``synth.horizon.add_reload_timing``: a RELOAD that exists starts at its OFFLOAD's end,
+        when a compute job of its rank that exists starts (not its own unit's B, BW or R), or when
+        another copy of its rank that exists ends."""
         import pulp
 
         h = self.h
@@ -479,7 +486,10 @@ class _Model:
             off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
             candidates = [(off, h.dur[off])]  # (job, shift): start[rho] == start[job] + shift
             for q in range(len(h.jobs)):
-                if h.copy[q] or h.rank[q] != h.rank[rho] or q in own or not _coexist(h, when, h.presence[q]):
+                if h.rank[q] != h.rank[rho] or q in own or q in (rho, off) or not _coexist(h, when, h.presence[q]):
+                    continue
+                if h.copy[q]:  # another copy's end
+                    candidates.append((q, h.dur[q]))
                     continue
                 # Sound pruning: the candidate's binary can be 1 only when rho and q exist, and then
                 # start[q] != start[rho] in every schedule when a forced path of precedences that

@@ -25,8 +25,8 @@ from typing import Any
 from ir import Action, Op, Placement, Schedule
 from synth.blockspec import BlockSpec, Pass
 
-__all__ = ["Horizon", "Solution", "expand", "fits_model", "hint_from_schedule", "memory_fits", "reload_offers",
-           "to_schedule", "violations"]
+__all__ = ["Horizon", "Solution", "expand", "fits_model", "hint_from_schedule", "memory_fits", "programs", "realize",
+           "reload_offers", "to_schedule", "violations"]
 
 # A rank's program lists its jobs by start, then end (a zero-time copy that feeds a job starting at
 # the same instant comes first), then in the order the dependencies run.
@@ -134,11 +134,11 @@ def exists(h: Horizon, when: tuple[int, str] | None, variants: dict[int, str]) -
 
 # ------------------------------------------------------------------------------------------ hints
 def hint_from_schedule(h: Horizon, schedule: Schedule) -> Solution | None:
-    """The schedule's orders as a solution of the model: each rank runs its compute and copy
-    programs in the schedule's order, every job as soon as the model's precedences allow (ticks).
+    """The schedule as a solution of the model: its programs run as ``ir.simulate`` runs them (as
+    soon as possible in program order, one job per stream at a time), in the model's ticks.
 
     Microbatches are relabelled so stage 0's first forwards start in order (the model's symmetry
-    break). None if the schedule does not fit the model: another placement or slicing, fused
+    break). None if the schedule does not fit the model: another placement, m or slicing, fused
     backward where the model splits it (or the reverse), or a recompute/offload the options do
     not allow.
     """
@@ -148,59 +148,31 @@ def hint_from_schedule(h: Horizon, schedule: Schedule) -> Solution | None:
         return None
     groups = h.group_index()
     variants: dict[int, str] = {}
-    programs: list[list[Pass | tuple]] = []
-    for prog in schedule.ranks:
-        for stream in ("compute", "copy"):
-            mine = [a for a in prog if a.op.stream.value == stream and not a.op.is_comm]
-            programs.append(mine)
-            for a in mine:
-                kind = {Op.R: "recompute", Op.OFFLOAD: "offload", Op.RELOAD: "offload"}.get(a.op)
-                if kind is None:
-                    continue
-                g = groups.get((a.stage, a.microbatch))
-                if g is None or kind not in h.variants[g]:
-                    return None
-                variants[g] = kind
+    for a in (a for prog in schedule.ranks for a in prog):
+        kind = {Op.R: "recompute", Op.OFFLOAD: "offload", Op.RELOAD: "offload"}.get(a.op)
+        if kind is not None:
+            g = groups.get((a.stage, a.microbatch))
+            if g is None or kind not in h.variants[g]:
+                return None
+            variants[g] = kind
     index = h.index()
     try:
-        order = [[index[(Pass(a.stage, a.slice, a.op), a.microbatch)] for a in prog] for prog in programs]
+        order = [[index[(Pass(a.stage, a.slice, a.op), a.microbatch)] for a in prog if not a.op.is_comm]
+                 for prog in schedule.ranks]
     except KeyError:
         return None
-    not_before: dict[int, int] = {}
-    for _ in range(50):  # each round moves misplaced RELOADs later; a hint still off after that is left to CP-SAT
-        starts = _asap(h, order, variants, not_before)
-        if starts is None:
-            return None
-        late = _misplaced_reloads(h, starts)
-        if not late:
-            break
-        not_before.update(late)
-    return _relabel(h, Solution(starts, variants))
+    starts = _asap(h, order, variants)
+    return None if starts is None else _relabel(h, Solution(starts, variants))
 
 
-def reload_offers(h: Horizon, j: int, starts: dict[int, int]) -> list[int]:
-    """The ticks at which RELOAD job ``j`` may start (``synth.horizon.add_reload_timing``): its
-    OFFLOAD's end, and the starts of its rank's existing compute jobs other than its own unit's
-    B, BW and R."""
+def reload_offers(h: Horizon, j: int, starts: dict[int, int]) -> set[int]:
+    """The ticks at which RELOAD job ``j`` may start (``synth.horizon.add_reload_timing``): the
+    starts of its rank's existing compute jobs other than its own unit's B, BW and R, and the ends
+    of its rank's other copies (its OFFLOAD's among them)."""
     x, i = h.jobs[j]
     index = h.index()
-    off = index[(Pass(x.stage, x.slice, Op.OFFLOAD), i)]
-    own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)}
-    return [starts[off] + h.dur[off]] + [t for q, t in starts.items()
-                                         if h.rank[q] == h.rank[j] and not h.copy[q] and q not in own]
-
-
-def _misplaced_reloads(h: Horizon, starts: dict[int, int]) -> dict[int, int]:
-    """RELOADs that start where the model does not let them, with the next tick where it does."""
-    late = {}
-    for j, t in starts.items():
-        if h.jobs[j][0].op is Op.RELOAD:
-            offers = reload_offers(h, j, starts)
-            if t not in offers:
-                later = [u for u in offers if u > t]
-                if later:
-                    late[j] = min(later)
-    return late
+    own = {index.get((Pass(x.stage, x.slice, op), i)) for op in (Op.B, Op.BW, Op.R)} | {j}
+    return {t + (h.dur[q] if h.copy[q] else 0) for q, t in starts.items() if h.rank[q] == h.rank[j] and q not in own}
 
 
 def fits_model(h: Horizon, sol: Solution) -> bool:
@@ -234,16 +206,16 @@ def violations(h: Horizon, sol: Solution, upper: int | None = None) -> list[str]
                 out.append(f"jobs {j} and {k} overlap")
     for j, t in sol.starts.items():
         if h.jobs[j][0].op is Op.RELOAD and t not in reload_offers(h, j, sol.starts):
-            out.append(f"RELOAD {j} at {t}: neither its OFFLOAD's end nor a compute job's start")
+            out.append(f"RELOAD {j} at {t}: not a compute job's start nor a copy's end on its rank")
     if not memory_fits(h, sol):
         out.append("over the memory budget")
     return out
 
 
-def _asap(h: Horizon, order: list[list[int]], variants: dict[int, str],
-          not_before: dict[int, int]) -> dict[int, int] | None:
-    """Earliest starts (none before ``not_before``) for jobs run in the given per-stream orders;
-    None on a deadlock or when the orders miss a job the variants need. The symmetry break's
+def _asap(h: Horizon, order: list[list[int]], variants: dict[int, str]) -> dict[int, int] | None:
+    """Start ticks of each rank's program run as ``ir.simulate`` runs it: a job starts once its
+    predecessors allow, no earlier than the job before it in the program, when its stream is free.
+    None on a deadlock or when the programs miss a job the variants need. The symmetry break's
     start-to-start edges (negative gaps) are left out: the hint is relabelled afterwards."""
     present = [j for j in range(len(h.jobs)) if exists(h, h.presence[j], variants)]
     if sorted(j for prog in order for j in prog) != present:
@@ -254,20 +226,20 @@ def _asap(h: Horizon, order: list[list[int]], variants: dict[int, str],
             preds.setdefault(later, []).append((earlier, gap))
     starts: dict[int, int] = {}
     pos = [0] * len(order)
-    free = [0] * len(order)
+    issued = [0] * len(order)
+    free = [{False: 0, True: 0} for _ in order]
     progressed = True
     while progressed:
         progressed = False
-        for n, prog in enumerate(order):
-            while pos[n] < len(prog):
-                j = prog[pos[n]]
-                ready = [starts.get(e) for e, _ in preds.get(j, ())]
-                if any(t is None for t in ready):
+        for r, prog in enumerate(order):
+            while pos[r] < len(prog):
+                j = prog[pos[r]]
+                if any(e not in starts for e, _ in preds.get(j, ())):
                     break
-                at = max([free[n], not_before.get(j, 0), *(starts[e] + h.dur[e] + g for (e, g) in preds.get(j, ()))])
-                starts[j] = at
-                free[n] = at + h.dur[j]
-                pos[n] += 1
+                at = max([issued[r], free[r][h.copy[j]], *(starts[e] + h.dur[e] + g for e, g in preds.get(j, ()))])
+                starts[j] = issued[r] = at
+                free[r][h.copy[j]] = at + h.dur[j]
+                pos[r] += 1
                 progressed = True
     return starts if len(starts) == len(present) else None
 
@@ -284,13 +256,13 @@ def _relabel(h: Horizon, sol: Solution) -> Solution:
     return Solution(starts, variants)
 
 
-def _depends_on(later: Action, copy: Action) -> bool:
-    """Whether ``later`` waits for ``copy``: a unit's RELOAD waits for its OFFLOAD, and its B, BW
-    and R for its RELOAD."""
-    if later.unit != copy.unit:
+def _depends_on(h: Horizon, later: int, copy: int) -> bool:
+    """Whether job ``later`` waits for job ``copy``: a unit's RELOAD waits for its OFFLOAD, and its
+    B, BW and R for its RELOAD."""
+    (x, i), (c, k) = h.jobs[later], h.jobs[copy]
+    if (x.stage, x.slice, i) != (c.stage, c.slice, k):
         return False
-    return (copy.op is Op.OFFLOAD and later.op is Op.RELOAD) or (
-        copy.op is Op.RELOAD and later.op in (Op.B, Op.BW, Op.R))
+    return (c.op is Op.OFFLOAD and x.op is Op.RELOAD) or (c.op is Op.RELOAD and x.op in (Op.B, Op.BW, Op.R))
 
 
 def memory_fits(h: Horizon, sol: Solution) -> bool:
@@ -312,29 +284,46 @@ def memory_fits(h: Horizon, sol: Solution) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- decode
-def to_schedule(h: Horizon, sol: Solution, placement: Placement, **meta) -> Schedule:
-    """The schedule whose per-rank programs are the solution's jobs sorted by start tick.
-
-    A copy job goes after every job that starts no later than it, except the jobs that depend on
-    it: ``ir.simulate`` starts an action no earlier than the one before it in the program, so a
-    copy then starts at its own tick whenever a job starts at that tick (see ``synth.horizon``'s
-    RELOAD timing)."""
-    timed: list[list[tuple]] = [[] for _ in range(placement.p)]
+def programs(h: Horizon, sol: Solution) -> list[list[int]]:
+    """Per rank, the solution's jobs in program order: by start tick, and each copy right after
+    every job that starts no later than it, except the jobs that depend on it (``ir.simulate``
+    starts an action no earlier than the one before it in the program, so a copy then starts at
+    its own tick whenever a job starts at that tick)."""
+    timed: list[list[tuple]] = [[] for _ in range(h.spec.p)]
     for j, t in sol.starts.items():
         x, i = h.jobs[j]
-        timed[h.rank[j]].append((t, t + h.dur[j], ORDER[x.op], x.stage, i, x.slice, Action(x.op, x.stage, i, x.slice)))
-    ranks = []
+        timed[h.rank[j]].append((t, t + h.dur[j], ORDER[x.op], x.stage, i, x.slice, j))
+    out = []
     for items in timed:
         items.sort()
-        for copy in [item for item in items if item[-1].op.stream.value == "copy"]:
+        for copy in [item for item in items if h.copy[item[-1]]]:
             items.remove(copy)
             at, first_dependent = 0, len(items)
             for n, item in enumerate(items):
-                if _depends_on(item[-1], copy[-1]):
+                if _depends_on(h, item[-1], copy[-1]):
                     first_dependent = min(first_dependent, n)
                 elif item[0] <= copy[0]:
                     at = n + 1
             items.insert(min(at, first_dependent), copy)
-        ranks.append([item[-1] for item in items])
+        out.append([item[-1] for item in items])
+    return out
+
+
+def realize(h: Horizon, sol: Solution) -> Solution | None:
+    """The solution as the simulator runs its programs (`programs`), in ticks; None if that breaks
+    the model (the simulation started some job earlier than the solution, and a RELOAD followed it
+    into memory the solution kept free). A realized solution satisfies the model exactly as the
+    simulator times it."""
+    starts = _asap(h, programs(h, sol), sol.variants)
+    if starts is None:
+        return None
+    real = Solution(starts, dict(sol.variants))
+    return real if fits_model(h, real) else None
+
+
+def to_schedule(h: Horizon, sol: Solution, placement: Placement, **meta) -> Schedule:
+    """The schedule whose per-rank programs are `programs` of the solution."""
+    ranks = [[Action(h.jobs[j][0].op, h.jobs[j][0].stage, h.jobs[j][1], h.jobs[j][0].slice) for j in prog]
+             for prog in programs(h, sol)]
     return Schedule(placement, h.m, ranks, k=1 + max(x.slice for x in h.spec.dur),
                     meta={"made_by": "synth.horizon", "tick": h.spec.tick, **meta})

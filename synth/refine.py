@@ -9,9 +9,10 @@ like any other candidate.
 `lower_bound` says how far from optimal a schedule may be: the analytic bound on the real costs
 (``synth.bounds`` on the unrounded data), raised to the solver's proven bound when the solver's
 model is exact for these costs (every duration a whole number of ticks and every byte count a
-whole number of memory units; else the model rounds up and its bound holds only for the model),
-allows no offload (its RELOAD timing is stricter than what programs can do; see
-``synth.horizon.add_reload_timing``), and covers the schedule's operations.
+whole number of memory units; else the model rounds up and its bound holds only for the model)
+and covers the schedule's operations. The model is a relaxation of what programs can do (see
+``synth.horizon.add_reload_timing``), and the solvers hand back only solutions that the simulator
+reproduces (``synth.horizonspec.realize``).
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def raise_bound(bound: Bound, h: Horizon, result, schedule: Schedule) -> Bound:
     """``bound`` raised to the solver's proven bound, where that bound holds for ``schedule``: the
     model is exact for the costs and allows every operation ``schedule`` uses."""
     spec = h.spec
-    if not spec.exact or result.bound is None or any(x.op is Op.RELOAD for x in spec.dur):
-        return bound  # rounded data, or offload (the model's RELOAD timing is stricter than programs')
+    if not spec.exact or result.bound is None:
+        return bound  # rounded data: the solver's bound holds for the model only
     ops = {a.op for _, _, a in schedule.actions() if not a.op.is_comm}
     allowed = {Op.F, Op.B, Op.W} if spec.split_backward else {Op.F, Op.BW}
     allowed |= {x.op for x in spec.optional}
