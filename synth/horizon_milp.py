@@ -77,11 +77,8 @@ gives none (e.g. stopped before the search), the floor stands, which is always v
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -93,13 +90,13 @@ from typing import Any
 from ir import Op
 from synth.blockspec import BlockError, BlockSpec, Pass
 from synth.bounds import analytic_bound
+from synth.child import ask, serve
 from synth.horizonspec import KEEP, Horizon, Solution, exists, expand, fits_model, realize, violations
 
 __all__ = ["MILP_SOLVERS", "main", "model_size", "solve_horizon_milp"]
 
 MILP_SOLVERS = ("highs", "cbc")
 
-_ROOT = Path(__file__).resolve().parent.parent  # the directory holding the ``synth`` package
 
 Progress = Callable[[float, int | None, int], None]  # (seconds, makespan or None, bound), ticks
 
@@ -144,42 +141,14 @@ def _ask(h: Horizon, solver: str, time_limit: float, workers: int, hints, build_
     request = {"spec": h.spec.to_json(), "m": h.m, "hints": [s.to_json() for s in hints],
                "time_limit": time_limit, "workers": workers, "solver": solver, "build_only": build_only}
     # The solve takes time_limit (less the model's build); building and start-up get room too.
-    timeout = 2 * time_limit + 120
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
-    try:
-        done = subprocess.run([sys.executable, "-m", "synth.horizon_milp"], input=json.dumps(request), text=True,
-                              capture_output=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise BlockError(f"the {solver} full-horizon MILP did not finish in {timeout:g} s although its solve may "
-                         f"take only {time_limit:g} s; lower the time limit, or use the cpsat solver") from e
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
-        raise BlockError(f"the {solver} full-horizon MILP process failed (exit {done.returncode}); run "
-                         f"`python -m synth.horizon_milp` by hand to debug, or use the cpsat solver:\n{tail}")
-    try:
-        reply = json.loads(done.stdout)
-    except json.JSONDecodeError as e:
-        raise BlockError(f"the {solver} full-horizon MILP process printed no answer: {done.stdout[-300:]!r}") from e
-    if "error" in reply:
-        raise BlockError(reply["error"])
-    return reply
+    return ask("synth.horizon_milp", request, 2 * time_limit + 120, f"the {solver} full-horizon MILP",
+               f"its solve may take only {time_limit:g} s")
 
 
 # --------------------------------------------------------------------------------------- child side
 def main() -> int:
     """The child: read the request on stdin, write the reply (or ``{"error": ...}``) on stdout."""
-    # The solvers' C code may print to fd 1; keep it for the reply and send everything else to stderr.
-    reply_to = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    request = json.load(sys.stdin)
-    try:
-        reply = _serve(request)
-    except BlockError as e:
-        reply = {"error": str(e)}
-    json.dump(reply, reply_to)
-    reply_to.close()
-    return 0
+    return serve(_serve)
 
 
 def _serve(request: dict[str, Any]) -> dict[str, Any]:

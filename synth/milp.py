@@ -50,23 +50,19 @@ False when infeasible, else None (unknown); a final with only a feasible solutio
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from synth.blocksearch import Answer, search_period
 from synth.blockspec import BlockError, BlockOptions, BlockSpec, Pass
+from synth.child import ask, serve
 
 __all__ = ["MILP_SOLVERS", "main", "solve_spec_milp"]
 
 MILP_SOLVERS = ("highs", "cbc")
 
-_ROOT = Path(__file__).resolve().parent.parent  # the directory holding the ``synth`` package
 
 
 # ------------------------------------------------------------------------------------- parent side
@@ -89,44 +85,16 @@ def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str) -> Answ
     # Generous: every one of search_period's solves (at most ceil(log2(horizon)) + 1 probes and
     # a final) taking its whole limit, plus start-up.
     solves = math.ceil(math.log2(max(2, spec.horizon))) + 3
-    timeout = options.time_limit * solves + 60
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
-    try:
-        done = subprocess.run([sys.executable, "-m", "synth.milp"], input=json.dumps(request), text=True,
-                              capture_output=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise BlockError(f"the {solver} MILP search did not finish in {timeout:g} s although each solve may take "
-                         f"only {options.time_limit:g} s; lower --time-limit, or use --solver cpsat") from e
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
-        raise BlockError(f"the {solver} MILP process failed (exit {done.returncode}); run `python -m synth.milp` "
-                         f"by hand to debug, or use --solver cpsat:\n{tail}")
-    try:
-        reply = json.loads(done.stdout)
-    except json.JSONDecodeError as e:
-        raise BlockError(f"the {solver} MILP process printed no answer: {done.stdout[-300:]!r}") from e
-    if "error" in reply:
-        raise BlockError(reply["error"])
+    reply = ask("synth.milp", request, options.time_limit * solves + 60, f"the {solver} MILP search",
+                f"each solve may take only {options.time_limit:g} s")
     return Answer.from_json(reply["answer"])
 
 
 # --------------------------------------------------------------------------------------- child side
 def main() -> int:
     """The child: read the request on stdin, write ``{"answer": ...}`` or ``{"error": ...}`` on stdout."""
-    # The solvers' C code may print to fd 1; keep it for the reply and send everything else to stderr.
-    reply_to = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    request = json.load(sys.stdin)
-    try:
-        answer = _search(BlockSpec.from_json(request["spec"]), float(request["time_limit"]),
-                         int(request["workers"]), request["solver"])
-        reply: dict[str, Any] = {"answer": answer.to_json()}
-    except BlockError as e:
-        reply = {"error": str(e)}
-    json.dump(reply, reply_to)
-    reply_to.close()
-    return 0
+    return serve(lambda request: {"answer": _search(BlockSpec.from_json(request["spec"]), float(request["time_limit"]),
+                                                   int(request["workers"]), request["solver"]).to_json()})
 
 
 def _search(spec: BlockSpec, time_limit: float, workers: int, solver: str) -> Answer:

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from ir import Costs, Placement, simulate, verify
-from synth import horizon_milp
+from synth import child, horizon_milp
 from synth.blockspec import BlockError, BlockOptions, block_spec
 from synth.horizon import solve_horizon
 from synth.horizonspec import Solution, expand, hint_from_schedule, to_schedule, violations
@@ -179,7 +179,7 @@ def test_a_failed_child_becomes_a_block_error(monkeypatch, failure, message):
             raise failure
         return failure
 
-    monkeypatch.setattr(horizon_milp.subprocess, "run", run)
+    monkeypatch.setattr(child.subprocess, "run", run)
     h, _ = horizon(Costs.uniform(2), BlockOptions(), 2)
     with pytest.raises(BlockError, match=message):
         horizon_milp.solve_horizon_milp(h, solver="highs", time_limit=1)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ir import Costs, Placement, verify
-from synth import milp
+from synth import child, milp
 from synth.blocks import BlockError, BlockOptions, solve_block
 from synth.blockspec import block_spec
 from synth.tile import tile
@@ -118,7 +118,7 @@ def test_a_failed_child_becomes_a_block_error(monkeypatch, failure, message):
             raise failure
         return failure
 
-    monkeypatch.setattr(milp.subprocess, "run", run)
+    monkeypatch.setattr(child.subprocess, "run", run)
     spec = block_spec(Costs.uniform(2), Placement.standard(2), BlockOptions())
     with pytest.raises(BlockError, match=message):
         milp.solve_spec_milp(spec, BlockOptions(), "highs")
