@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from ir import Costs, Placement, simulate, verify
-from synth import child, horizon_milp
+from synth import horizon_milp
 from synth.blockspec import BlockError, BlockOptions, block_spec
 from synth.horizon import solve_horizon
 from synth.horizonspec import Solution, expand, hint_from_schedule, to_schedule, violations
@@ -164,24 +164,6 @@ def test_a_missing_highspy_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     h, _ = horizon(Costs.uniform(2), BlockOptions(), 2)
     with pytest.raises(BlockError, match="pip install highspy"):
-        horizon_milp.solve_horizon_milp(h, solver="highs", time_limit=1)
-
-
-@pytest.mark.parametrize(("failure", "message"), [
-    (subprocess.TimeoutExpired("python", 1.0), "did not finish"),
-    (subprocess.CompletedProcess("python", 1, "", "Traceback ...\nMemoryError"), "failed \\(exit 1\\)"),
-    (subprocess.CompletedProcess("python", 0, "oops", ""), "printed no answer"),
-    (subprocess.CompletedProcess("python", 0, '{"error": "no highspy"}', ""), "no highspy"),
-])
-def test_a_failed_child_becomes_a_block_error(monkeypatch, failure, message):
-    def run(*args, **kwargs):
-        if isinstance(failure, Exception):
-            raise failure
-        return failure
-
-    monkeypatch.setattr(child.subprocess, "run", run)
-    h, _ = horizon(Costs.uniform(2), BlockOptions(), 2)
-    with pytest.raises(BlockError, match=message):
         horizon_milp.solve_horizon_milp(h, solver="highs", time_limit=1)
 
 

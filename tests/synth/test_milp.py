@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ir import Costs, Placement, verify
-from synth import child, milp
+from synth import milp
 from synth.blocks import BlockError, BlockOptions, solve_block
 from synth.blockspec import block_spec
 from synth.tile import tile
@@ -105,23 +105,6 @@ def test_a_missing_highspy_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     with pytest.raises(BlockError, match="pip install highspy"):
         solve_block(Costs.uniform(2), Placement.standard(2), solver="highs")
-
-
-@pytest.mark.parametrize(("failure", "message"), [
-    (subprocess.TimeoutExpired("python", 1.0), "did not finish"),
-    (subprocess.CompletedProcess("python", 1, "", "Traceback ...\nMemoryError"), "failed \\(exit 1\\)"),
-    (subprocess.CompletedProcess("python", 0, "oops", ""), "printed no answer"),
-])
-def test_a_failed_child_becomes_a_block_error(monkeypatch, failure, message):
-    def run(*args, **kwargs):
-        if isinstance(failure, Exception):
-            raise failure
-        return failure
-
-    monkeypatch.setattr(child.subprocess, "run", run)
-    spec = block_spec(Costs.uniform(2), Placement.standard(2), BlockOptions())
-    with pytest.raises(BlockError, match=message):
-        milp.solve_spec_milp(spec, BlockOptions(), "highs")
 
 
 def test_the_parent_never_loads_pulp_or_highspy():
