@@ -64,6 +64,7 @@ def full_horizon(costs: Costs, placement: Placement, m: int, options: BlockOptio
 
     Returns ``(schedule or None, result, horizon)``: the decoded schedule (None if the solver found
     nothing and no hint fits the model), the solver's `HorizonResult`, and the model's data.
+    ``progress(seconds, makespan_ms or None, bound_ms)`` follows the solve, in cost units.
 
     Raises:
         BlockError: the options do not fit the costs, or the solver is unknown or failed.
@@ -71,6 +72,11 @@ def full_horizon(costs: Costs, placement: Placement, m: int, options: BlockOptio
     spec = block_spec(costs, placement, options)
     h = expand(spec, m)
     solutions = [s for s in (hint_from_schedule(h, x) for x in hints) if s is not None]
+    if progress is not None:
+        in_ms = progress
+
+        def progress(seconds: float, makespan: int | None, bound: int) -> None:  # ticks to cost units
+            in_ms(seconds, None if makespan is None else makespan * spec.tick, bound * spec.tick)
     if solver == "cpsat":
         from synth.horizon import solve_horizon
 

@@ -271,14 +271,9 @@ def _refine(kind: str, chosen: Candidate, candidates, m: int, k: int, mem_cap: f
     began = time.perf_counter()
     hints = [c.schedule for c in sorted(candidates, key=_rank_key)
              if c.schedule.placement == placement and c.schedule.k == k]
-    progress = None
-    if options.progress is not None:
-        tick = block_spec(costs, placement, block_options).tick
-
-        def progress(seconds: float, makespan: int | None, bound: int) -> None:
-            options.progress(seconds, None if makespan is None else makespan * tick, bound * tick)
     try:
-        schedule, result, h = full_horizon(costs, placement, m, block_options, hints, options.solver, progress)
+        schedule, result, h = full_horizon(costs, placement, m, block_options, hints, options.solver,
+                                           options.progress)
     except BlockError as err:
         return None, f"full-horizon model not solved: {err}", None
     if schedule is None:
