@@ -20,6 +20,7 @@ no solver.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ir import Action, Op, Placement, Schedule
@@ -71,9 +72,18 @@ class Horizon:
         return self.spec.budget
 
     def index(self) -> dict[tuple[Pass, int], int]:
-        return {job: n for n, job in enumerate(self.jobs)}
+        """(pass, microbatch) -> job; built once (`realize` checks every solution CP-SAT finds)."""
+        return self._index
 
     def group_index(self) -> dict[tuple[int, int], int]:
+        return self._group_index
+
+    @cached_property
+    def _index(self) -> dict[tuple[Pass, int], int]:
+        return {job: n for n, job in enumerate(self.jobs)}
+
+    @cached_property
+    def _group_index(self) -> dict[tuple[int, int], int]:
         return {g: n for n, g in enumerate(self.groups)}
 
 
