@@ -14,11 +14,11 @@ Problem (stated so every number can be checked by hand):
 
 Methods, each with a wall-clock limit (default 60 s) on the same problem:
 - block: ``solve_block`` (CP-SAT, the whole period search within the limit), tiled and squeezed;
-  its makespan is the simulated one and its bound is the analytic bound (``synth.bounds``), as a
+  its makespan is the simulated one and its bound is the analytic bound (``synth.horizon.bounds``), as a
   block proves nothing about the whole horizon.
-- cpsat: ``synth.horizon.solve_horizon`` with 2 workers, hinted with the block's schedule and the
+- cpsat: ``synth.horizon.cpsat.solve_horizon`` with 2 workers, hinted with the block's schedule and the
   library's ZB-H1 and ZB-H2 (a hint counts only if it fits the cap in the model).
-- highs, cbc: ``synth.horizon_milp.solve_horizon_milp``, same hints, in a child process. The
+- highs, cbc: ``synth.horizon.milp.solve_horizon_milp``, same hints, in a child process. The
   MILP's disjunctive model grows with the square of the jobs per rank, so it runs only where the
   model has at most ``--milp-max-jobs`` jobs (default 384); larger cells say "not run".
 Bound and gap: the solver's proven bound (at least the analytic one); gap = (makespan - bound) /
@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ir import Costs, Placement, simulate, verify  # noqa: E402
 from synth.baselines import BASELINES  # noqa: E402
-from synth.blocks import solve_block  # noqa: E402
-from synth.blockspec import BlockOptions, block_spec  # noqa: E402
-from synth.bounds import analytic_bound  # noqa: E402
-from synth.horizonspec import expand, hint_from_schedule, to_schedule  # noqa: E402
-from synth.tile import squeeze, tile  # noqa: E402
+from synth.block.cpsat import solve_block  # noqa: E402
+from synth.block.spec import BlockOptions, block_spec  # noqa: E402
+from synth.block.tile import squeeze, tile  # noqa: E402
+from synth.horizon.bounds import analytic_bound  # noqa: E402
+from synth.horizon.spec import expand, hint_from_schedule, to_schedule  # noqa: E402
 
 PS = (4, 8, 16)
 MS = (8, 16, 32, 64)
@@ -89,11 +89,11 @@ def run_cell(p: int, m: int, fraction: float, solvers: tuple[str, ...], limit: f
             rows.append({**base, "solver": solver, "status": f"not run ({len(h.jobs)} jobs > {milp_max_jobs})"})
             continue
         if solver == "cpsat":
-            from synth.horizon import solve_horizon
+            from synth.horizon.cpsat import solve_horizon
 
             result = solve_horizon(h, time_limit=limit, workers=2, hints=solutions)
         else:
-            from synth.horizon_milp import solve_horizon_milp
+            from synth.horizon.milp import solve_horizon_milp
 
             result = solve_horizon_milp(h, solver=solver, time_limit=limit, workers=2, hints=solutions)
         row = {**base, "solver": solver, "status": result.status, "seconds": result.seconds,
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "Problem: standard placement, F = B = W = 1, act 1, wact 1/2, no comm, no static memory; split "
         "backward; no recompute or offload. Caps are fractions of 1F1B's peak (p units). Makespans are "
         "simulated from the decoded schedule (`ir.simulate`), every schedule passed `ir.verify` with the cap.",
-        "Bound: the solver's proven bound, at least the analytic one (`synth.bounds`); for `block` the "
+        "Bound: the solver's proven bound, at least the analytic one (`synth.horizon.bounds`); for `block` the "
         "analytic bound alone. \"bound from\" says which is higher: where a hint (ZB-H1, ZB-H2 or the block) "
         "already meets the analytic bound, the solver returns it at once without searching. Status: the "
         "solver's (`hint`: nothing better than the hint in time). Seconds are wall time including the model's "

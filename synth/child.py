@@ -1,5 +1,5 @@
-"""A solver in a child process, JSON in and JSON out: what the MILP twins (``synth.milp``,
-``synth.horizon_milp``) share.
+"""A solver in a child process, JSON in and JSON out: what the MILP twins (``synth.block.milp``,
+``synth.horizon.milp``) share.
 
 ``ortools`` 9.15 and ``highspy`` 1.15 cannot be imported into one Python process (each one's shared
 library leaves the other with undefined symbols), and ``import pulp`` imports highspy. So the MILPs
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synth.blockspec import BlockError
+from synth.block.spec import BlockError
 
 __all__ = ["ask", "serve"]
 

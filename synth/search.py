@@ -18,11 +18,11 @@ from typing import Any
 
 from ir import Costs, Placement, Schedule, ScheduleError, Timeline, simulate
 from ir.verify import MEMORY_RTOL
-from synth.blocks import Block, BlockError, BlockOptions, block_from_answer, solve_block
-from synth.blocksearch import Answer, sequential_block
-from synth.blockspec import block_spec
-from synth.refine import AUTO_JOBS_PER_SECOND, Bound, full_horizon, gap, horizon_jobs, lower_bound, raise_bound
-from synth.tile import squeeze_timed, tile
+from synth.block.cpsat import Block, BlockError, BlockOptions, block_from_answer, solve_block
+from synth.block.period import Answer, sequential_block
+from synth.block.spec import block_spec
+from synth.block.tile import squeeze_timed, tile
+from synth.horizon.refine import AUTO_JOBS_PER_SECOND, Bound, full_horizon, gap, horizon_jobs, lower_bound, raise_bound
 
 __all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "make_placement",
            "synthesize"]
@@ -54,10 +54,10 @@ class SynthOptions:
         time_limit: seconds per block search (all its probes and the final solve).
         ticks: time resolution of the block model (ticks for the longest pass).
         baselines: evaluate the library too (the safety net).
-        memory: the block's memory model, "exact" or "ceil" (see `synth.blocks`).
+        memory: the block's memory model, "exact" or "ceil" (see `synth.block.cpsat`).
         optimize: "block" (blocks only), "full" (then the full-horizon model on the best
             placement, hinted with what the blocks and the baselines found), or "auto" (full when
-            the model is small enough to help within ``time_limit``: see ``synth.refine``).
+            the model is small enough to help within ``time_limit``: see ``synth.horizon.refine``).
         progress: ``progress(seconds, makespan_ms or None, bound_ms)`` during the full-horizon solve.
     """
 

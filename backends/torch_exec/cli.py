@@ -5,7 +5,7 @@
 rank. It prints the loss and step time of every step and each rank's peak saved-activation
 bytes (and ``torch.cuda.max_memory_allocated`` on CUDA); ``--trace FILE`` writes a Chrome trace
 of the last step of the real run, laid out like ``synth show --trace``'s simulated one.
-``synth/cli.py`` only declares the subcommand; everything else is here. Torch is imported only
+``synth/cli/__init__.py`` only declares the subcommand; everything else is here. Torch is imported only
 when the command runs, so declaring it keeps ``synth show`` fast.
 """
 

@@ -8,9 +8,11 @@ import subprocess
 import pytest
 
 from ir import Costs, Placement
-from synth import child, horizon_milp, milp
-from synth.blockspec import BlockError, BlockOptions, block_spec
-from synth.horizonspec import expand
+from synth import child
+from synth.block import milp
+from synth.block.spec import BlockError, BlockOptions, block_spec
+from synth.horizon import milp as horizon_milp
+from synth.horizon.spec import expand
 
 
 def block_milp() -> None:

@@ -14,7 +14,7 @@ from ir import Op, lower, verify
 from ir.torch_csv import TorchCsvError, to_torch_csv, write_torch_csv
 from synth.baselines import BASELINES, build
 
-PEER = Path(__file__).resolve().parents[1] / "ir" / "torch_peer.py"
+PEER = Path(__file__).resolve().parents[2] / "ir" / "torch_peer.py"
 P, M = 4, 8
 _TORCH_LESS = {Op.R, Op.OFFLOAD, Op.RELOAD}
 

@@ -1,6 +1,6 @@
-"""The building-block model as a MILP (PuLP with HiGHS or CBC), the twin of ``synth.blocks``.
+"""The building-block model as a MILP (PuLP with HiGHS or CBC), the twin of ``synth.block.cpsat``.
 
-Both models read the same integer data, a ``synth.blockspec.BlockSpec``, and both search the
+Both models read the same integer data, a ``synth.block.spec.BlockSpec``, and both search the
 period with ``search_period``: feasibility probes (constant objective) over T, then one solve
 that minimizes the block length at the smallest feasible T (a probe's block stands in if that
 solve finds nothing). Here ``time_limit`` bounds each solve; CP-SAT shares it over the search.
@@ -29,8 +29,8 @@ objective, solve.
 
 Process split: ortools 9.15 and highspy 1.15 cannot share a process (each one's shared library
 leaves the other with undefined symbols, whichever is imported first), and ``import pulp``
-imports highspy. So this module never imports ortools (nor ``synth.blocks``), and the parent
-side imports neither pulp nor highspy: ``solve_spec_milp`` runs ``python -m synth.milp`` with
+imports highspy. So this module never imports ortools (nor ``synth.block.cpsat``), and the parent
+side imports neither pulp nor highspy: ``solve_spec_milp`` runs ``python -m synth.block.milp`` with
 ``{"spec", "time_limit", "workers", "solver"}`` as JSON on stdin and reads ``{"answer": ...}``
 or ``{"error": ...}`` from stdout. Every failure there (timeout, crash, no block, a missing
 solver) comes back as a ``BlockError`` that says what to do.
@@ -55,8 +55,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from synth.blocksearch import Answer, search_period
-from synth.blockspec import BlockError, BlockOptions, BlockSpec, Pass
+from synth.block.period import Answer, search_period
+from synth.block.spec import BlockError, BlockOptions, BlockSpec, Pass
 from synth.child import ask, serve
 
 __all__ = ["MILP_SOLVERS", "main", "solve_spec_milp"]
@@ -85,7 +85,7 @@ def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str) -> Answ
     # Generous: every one of search_period's solves (at most ceil(log2(horizon)) + 1 probes and
     # a final) taking its whole limit, plus start-up.
     solves = math.ceil(math.log2(max(2, spec.horizon))) + 3
-    reply = ask("synth.milp", request, options.time_limit * solves + 60, f"the {solver} MILP search",
+    reply = ask("synth.block.milp", request, options.time_limit * solves + 60, f"the {solver} MILP search",
                 f"each solve may take only {options.time_limit:g} s")
     return Answer.from_json(reply["answer"])
 
@@ -210,7 +210,7 @@ def add_modular_no_overlap(prob, v: _Vars, spec: BlockSpec, period: int) -> None
 
 
 def add_memory_cap(prob, v: _Vars, spec: BlockSpec, period: int) -> None:
-    """Memory per rank within its budget, in the model ``spec.memory`` names (as ``synth.blocks``).
+    """Memory per rank within its budget, in the model ``spec.memory`` names (as ``synth.block.cpsat``).
 
     "exact": at every instant a lifespan begins (each present F, R, RELOAD), the periodic level
     ``sum units * (floor((t - b) / T) - floor((t - e) / T))`` fits; ``T q <= x <= T q + T - 1``

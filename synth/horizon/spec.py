@@ -24,7 +24,7 @@ from functools import cached_property
 from typing import Any
 
 from ir import Action, Op, Placement, Schedule
-from synth.blockspec import BlockSpec, Pass
+from synth.block.spec import BlockSpec, Pass
 
 __all__ = ["Horizon", "Solution", "expand", "fits_model", "hint_from_schedule", "memory_fits", "programs", "realize",
            "reload_offers", "to_schedule", "violations"]
@@ -176,7 +176,7 @@ def hint_from_schedule(h: Horizon, schedule: Schedule) -> Solution | None:
 
 
 def reload_offers(h: Horizon, j: int, starts: dict[int, int]) -> set[int]:
-    """The ticks at which RELOAD job ``j`` may start (``synth.horizon.add_reload_timing``): the
+    """The ticks at which RELOAD job ``j`` may start (``synth.horizon.cpsat.add_reload_timing``): the
     starts of its rank's existing compute jobs other than its own unit's B, BW and R, and the ends
     of its rank's other copies (its OFFLOAD's among them)."""
     x, i = h.jobs[j]
@@ -336,4 +336,4 @@ def to_schedule(h: Horizon, sol: Solution, placement: Placement, **meta) -> Sche
     ranks = [[Action(h.jobs[j][0].op, h.jobs[j][0].stage, h.jobs[j][1], h.jobs[j][0].slice) for j in prog]
              for prog in programs(h, sol)]
     return Schedule(placement, h.m, ranks, k=1 + max(x.slice for x in h.spec.dur),
-                    meta={"made_by": "synth.horizon", "tick": h.spec.tick, **meta})
+                    meta={"made_by": "synth.horizon.cpsat", "tick": h.spec.tick, **meta})

@@ -11,12 +11,12 @@ from ir import Costs, Placement, Schedule, simulate, verify
 from ir.jsonio import load
 from synth.baselines import build
 from synth.baselines.common import even_split_costs
-from synth.blocks import BlockOptions, solve_block
-from synth.blocksearch import least_memory
-from synth.blockspec import BlockSpec, block_spec
+from synth.block.cpsat import BlockOptions, solve_block
+from synth.block.period import least_memory
+from synth.block.spec import BlockSpec, block_spec
+from synth.block.tile import squeeze, tile
 from synth.cli import main as synth_main
 from synth.search import NoScheduleFits, SynthOptions, synthesize
-from synth.tile import squeeze, tile
 
 
 def unit_costs(placement: Placement, k: int) -> Costs:
@@ -199,7 +199,7 @@ def test_synth_optimize_full_prints_the_bound_and_the_refinement(tmp_path, capsy
 def test_progress_line_prints_every_better_schedule_and_the_bound_at_most_once_a_second():
     import io
 
-    from synth.main import ProgressLine
+    from synth.cli.commands import ProgressLine
 
     out = io.StringIO()
     line = ProgressLine(out)

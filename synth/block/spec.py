@@ -3,10 +3,10 @@
 Everything the block model needs is computed here once, in integer ticks and integer memory
 units, from ``ir.Costs``, the placement and the options: the passes and their durations, the
 precedences (DESIGN.md's dependency list for one microbatch, with comm latency), the lifespans
-that hold memory and their byte weights, and each rank's budget. ``synth.blocks`` turns it into
-a CP-SAT model; ``synth.milp`` turns the same data into a MILP (PuLP, HiGHS or CBC) in another
+that hold memory and their byte weights, and each rank's budget. ``synth.block.cpsat`` turns it into
+a CP-SAT model; ``synth.block.milp`` turns the same data into a MILP (PuLP, HiGHS or CBC) in another
 process, which is why the data round-trips through JSON. Neither solver sees the costs again, so
-the two models cannot drift apart. The period search both solvers run is ``synth.blocksearch``.
+the two models cannot drift apart. The period search both solvers run is ``synth.block.period``.
 
 Recompute and offload are offered only without sequence slices (k = 1): a recomputed slice
 would need the K/V of earlier slices, which a recomputed earlier slice has not rebuilt yet.

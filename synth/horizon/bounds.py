@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from synth.blockspec import BlockSpec, Pass
+from synth.block.spec import BlockSpec, Pass
 
 __all__ = ["Bound", "analytic_bound"]
 

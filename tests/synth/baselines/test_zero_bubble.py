@@ -9,7 +9,7 @@ import pytest
 import ir
 from ir import Op
 from synth.baselines.zero_bubble import BASELINE, BASELINE_H2, zb_h1, zb_h2
-from tests.synth.torch_orders import torch_pipeline_orders
+from tests.synth.baselines.torch_orders import torch_pipeline_orders
 
 BUILDERS = {"zb-h1": zb_h1, "zb-h2": zb_h2}
 CASES = [(p, m) for p in (2, 4, 8) for m in sorted({1, p - 1, p, 2 * p - 1, 2 * p, 4 * p})]

@@ -1,4 +1,4 @@
-"""The period search shared by the block model's solvers (``synth.blocks``, ``synth.milp``).
+"""The period search shared by the block model's solvers (``synth.block.cpsat``, ``synth.block.milp``).
 
 `search_period` finds the smallest period with a block (galloping up from the per-rank load,
 then bisecting) and the shortest block there, given a solver's feasibility probe and final solve.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ir import Op
-from synth.blockspec import BlockError, BlockSpec, Pass
+from synth.block.spec import BlockError, BlockSpec, Pass
 
 __all__ = ["Answer", "least_memory", "search_period", "sequential_block"]
 

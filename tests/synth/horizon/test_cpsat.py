@@ -11,10 +11,10 @@ import pytest
 
 from ir import Costs, Placement, simulate, verify
 from synth.baselines import BASELINES
-from synth.blockspec import BlockOptions, block_spec
-from synth.bounds import analytic_bound
-from synth.horizon import solve_horizon
-from synth.horizonspec import expand, hint_from_schedule, memory_fits, to_schedule
+from synth.block.spec import BlockOptions, block_spec
+from synth.horizon.bounds import analytic_bound
+from synth.horizon.cpsat import solve_horizon
+from synth.horizon.spec import expand, hint_from_schedule, memory_fits, to_schedule
 
 
 def horizon(costs: Costs, m: int, cap: float | None, **options):

@@ -1,9 +1,9 @@
-"""The full-horizon MILP twin (``synth.horizon_milp``, PuLP with HiGHS or CBC in a child process).
+"""The full-horizon MILP twin (``synth.horizon.milp``, PuLP with HiGHS or CBC in a child process).
 
 On small horizons with known optima both MILP solvers must prove the optimum, and the decoded
 solution must be a valid schedule (``ir.verify`` under the cap) that simulates to the same
 makespan; on a few more (a binding cap, recompute chosen, offload offered, free offload with the
-RELOAD timing) they must agree with CP-SAT (``synth.horizon``).
+RELOAD timing) they must agree with CP-SAT (``synth.horizon.cpsat``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import sys
 import pytest
 
 from ir import Costs, Placement, simulate, verify
-from synth import horizon_milp
-from synth.blockspec import BlockError, BlockOptions, block_spec
-from synth.horizon import solve_horizon
-from synth.horizonspec import Solution, expand, hint_from_schedule, to_schedule, violations
+from synth.block.spec import BlockError, BlockOptions, block_spec
+from synth.horizon import milp as horizon_milp
+from synth.horizon.cpsat import solve_horizon
+from synth.horizon.spec import Solution, expand, hint_from_schedule, to_schedule, violations
 
 MILP = ["highs", "cbc"]
 
@@ -186,8 +186,8 @@ def test_the_parent_never_loads_pulp_or_highspy():
     # ortools and highspy cannot share a process: a process that has CP-SAT loaded must still be
     # able to ask for HiGHS, and must not have pulp (which imports highspy) afterwards.
     code = ("import sys; from ortools.sat.python import cp_model; from ir import Costs, Placement; "
-            "from synth.blockspec import BlockOptions, block_spec; from synth.horizonspec import expand; "
-            "from synth.horizon_milp import solve_horizon_milp; "
+            "from synth.block.spec import BlockOptions, block_spec; from synth.horizon.spec import expand; "
+            "from synth.horizon.milp import solve_horizon_milp; "
             "h = expand(block_spec(Costs.uniform(2), Placement.standard(2), BlockOptions()), 2); "
             "r = solve_horizon_milp(h, solver='highs', time_limit=10); assert r.proven, r; "
             "assert not {'pulp', 'highspy'} & set(sys.modules), sorted(sys.modules)")
@@ -195,7 +195,7 @@ def test_the_parent_never_loads_pulp_or_highspy():
 
 
 def test_the_child_imports_no_cpsat():
-    # The child side's modules must not pull in ortools (synth.horizon does).
-    code = ("import sys, synth.horizon_milp, synth.horizonspec, synth.blockspec, synth.bounds; "
+    # The child side's modules must not pull in ortools (synth.horizon.cpsat does).
+    code = ("import sys, synth.horizon.milp, synth.horizon.spec, synth.block.spec, synth.horizon.bounds; "
             "assert not any(m.startswith('ortools') for m in sys.modules), 'ortools loaded'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -6,8 +6,8 @@ import pytest
 
 from ir import Costs, Placement, simulate, verify
 from synth.baselines import build
-from synth.blocks import BlockError, BlockOptions, solve_block
-from synth.tile import tile
+from synth.block.cpsat import BlockError, BlockOptions, solve_block
+from synth.block.tile import tile
 
 
 @pytest.mark.parametrize("p", [2, 3, 4])

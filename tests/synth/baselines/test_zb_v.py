@@ -12,7 +12,7 @@ import pytest
 import ir
 from ir import Op
 from synth.baselines.zb_v import BASELINE, zb_v
-from tests.synth.torch_orders import torch_pipeline_orders
+from tests.synth.baselines.torch_orders import torch_pipeline_orders
 
 CASES = [(p, m) for p in (2, 4, 8) for m in sorted({1, p - 1, p, 2 * p - 1, 2 * p, 4 * p})]
 

@@ -1,6 +1,6 @@
 """The ``synth`` command.
 
-``synth [options]`` synthesizes the fastest schedule that fits a memory cap (``synth.main``);
+``synth [options]`` synthesizes the fastest schedule that fits a memory cap (``synth.cli.commands``);
 ``synth compare`` lists every candidate; ``synth baselines`` lists the schedule library;
 ``synth show FILE`` (or ``--baseline NAME -p P -m M``) verifies and simulates a schedule with
 uniform per-full-stage costs, prints its summary, and optionally draws it; ``synth costs``
@@ -83,7 +83,7 @@ SUBCOMMANDS = ("baselines", "show", "costs", "compare", "run")
 
 
 def _synth_parser() -> argparse.ArgumentParser:
-    from synth.main import add_synth_arguments
+    from synth.cli.commands import add_synth_arguments
 
     parser = argparse.ArgumentParser(
         prog="synth",
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         args = _synth_parser().parse_args(argv)
-        return _guarded("synth", lambda: __import__("synth.main").main.synth_command(args))
+        from synth.cli.commands import synth_command
+
+        return _guarded("synth", lambda: synth_command(args))
     parser = argparse.ArgumentParser(prog="synth", description="pipesynth: pipeline schedules, checked and simulated.")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("baselines", help="list the hand-designed schedules in the library")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = sub.add_parser("costs", help="per-stage times and memory of a model on a GPU (the cost model)")
     add_problem_arguments(costs)
     compare = sub.add_parser("compare", help="every baseline and the synthesized schedules on one problem, best first")
-    from synth.main import add_synth_arguments
+    from synth.cli.commands import add_synth_arguments
 
     add_synth_arguments(compare, outputs=False)
     run = sub.add_parser("run", help="run a schedule on a real model with torch.distributed (one process per rank)")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_command(args)
     if args.command == "compare":
-        from synth.main import compare_command
+        from synth.cli.commands import compare_command
 
         return _guarded("synth compare", lambda: compare_command(args))
     return _guarded(f"synth {args.command}", lambda: _show(args) if args.command == "show" else _costs(args))
@@ -144,6 +146,3 @@ def _guarded(name: str, command) -> int:
         print(f"{name}: {err}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

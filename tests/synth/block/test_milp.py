@@ -1,4 +1,4 @@
-"""The MILP twin (``synth.milp``, PuLP with HiGHS or CBC in a child process) against CP-SAT.
+"""The MILP twin (``synth.block.milp``, PuLP with HiGHS or CBC in a child process) against CP-SAT.
 
 On each small block both must find the same period and the same block length, both proven,
 and the MILP's block, tiled, must pass ``ir.verify`` (with the cap where there is one).
@@ -12,10 +12,10 @@ import sys
 import pytest
 
 from ir import Costs, Placement, verify
-from synth import milp
-from synth.blocks import BlockError, BlockOptions, solve_block
-from synth.blockspec import block_spec
-from synth.tile import tile
+from synth.block import milp
+from synth.block.cpsat import BlockError, BlockOptions, solve_block
+from synth.block.spec import block_spec
+from synth.block.tile import tile
 
 MILP = ["highs", "cbc"]
 
@@ -111,6 +111,6 @@ def test_the_parent_never_loads_pulp_or_highspy():
     # ortools and highspy cannot share a process: a process that has CP-SAT loaded must still be
     # able to ask for HiGHS, and must not have pulp (which imports highspy) afterwards.
     code = ("import sys; from ortools.sat.python import cp_model; from ir import Costs, Placement; "
-            "from synth.blocks import solve_block; b = solve_block(Costs.uniform(2), Placement.standard(2), "
+            "from synth.block.cpsat import solve_block; b = solve_block(Costs.uniform(2), Placement.standard(2), "
             "solver='highs'); assert b.proven, b; assert not {'pulp', 'highspy'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

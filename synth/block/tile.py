@@ -21,7 +21,7 @@ from __future__ import annotations
 from ir import Action, Costs, Op, Placement, Schedule, Timeline, simulate
 from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
 from ir.verify import MEMORY_RTOL
-from synth.blocks import Block
+from synth.block.cpsat import Block
 
 __all__ = ["squeeze", "squeeze_timed", "tile"]
 
@@ -40,7 +40,7 @@ def tile(block: Block, placement: Placement, m: int, k: int = 1, **meta) -> Sche
         for i in range(m):
             timed[rank].append((offset + i * block.period, _ORDER[x.op], Action(x.op, x.stage, i, x.slice)))
     ranks = [[action for _, _, action in sorted(items)] for items in timed]
-    return Schedule(placement, m, ranks, k=k, meta={"made_by": "synth.blocks", "period_ticks": block.period,
+    return Schedule(placement, m, ranks, k=k, meta={"made_by": "synth.block.cpsat", "period_ticks": block.period,
                                                      "tick": block.tick, **meta})
 
 

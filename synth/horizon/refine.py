@@ -1,18 +1,18 @@
 """Full-horizon refinement and lower bounds for the search (``synth --optimize full|auto``).
 
-`full_horizon` builds the full-horizon model for one placement (``synth.horizonspec``), hints it
+`full_horizon` builds the full-horizon model for one placement (``synth.horizon.spec``), hints it
 with the schedules found so far (the tiled block, the fitting baselines), solves it with CP-SAT
-(``synth.horizon``) or the MILP twin (``synth.horizon_milp``: HiGHS or CBC in a child process),
+(``synth.horizon.cpsat``) or the MILP twin (``synth.horizon.milp``: HiGHS or CBC in a child process),
 and decodes the answer to a schedule, which the search then squeezes, simulates and verifies
 like any other candidate.
 
 `lower_bound` says how far from optimal a schedule may be: the analytic bound on the real costs
-(``synth.bounds`` on the unrounded data), raised to the solver's proven bound when the solver's
+(``synth.horizon.bounds`` on the unrounded data), raised to the solver's proven bound when the solver's
 model is exact for these costs (every duration a whole number of ticks and every byte count a
 whole number of memory units; else the model rounds up and its bound holds only for the model)
 and covers the schedule's operations. The model is a relaxation of what programs can do (see
-``synth.horizon.add_reload_timing``), and the solvers hand back only solutions that the simulator
-reproduces (``synth.horizonspec.realize``).
+``synth.horizon.cpsat.add_reload_timing``), and the solvers hand back only solutions that the simulator
+reproduces (``synth.horizon.spec.realize``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ir import Costs, Op, Placement, Schedule
-from synth.blockspec import BlockError, BlockOptions, block_spec
-from synth.bounds import analytic_bound
-from synth.horizonspec import Horizon, expand, hint_from_schedule, to_schedule
+from synth.block.spec import BlockError, BlockOptions, block_spec
+from synth.horizon.bounds import analytic_bound
+from synth.horizon.spec import Horizon, expand, hint_from_schedule, to_schedule
 
 __all__ = ["AUTO_JOBS_PER_SECOND", "Bound", "full_horizon", "gap", "horizon_jobs", "lower_bound", "raise_bound"]
 
@@ -78,12 +78,12 @@ def full_horizon(costs: Costs, placement: Placement, m: int, options: BlockOptio
         def progress(seconds: float, makespan: int | None, bound: int) -> None:  # ticks to cost units
             in_ms(seconds, None if makespan is None else makespan * spec.tick, bound * spec.tick)
     if solver == "cpsat":
-        from synth.horizon import solve_horizon
+        from synth.horizon.cpsat import solve_horizon
 
         result = solve_horizon(h, time_limit=options.time_limit, workers=options.workers, hints=solutions,
                                progress=progress)
     elif solver in ("highs", "cbc"):
-        from synth.horizon_milp import solve_horizon_milp
+        from synth.horizon.milp import solve_horizon_milp
 
         result = solve_horizon_milp(h, solver=solver, time_limit=options.time_limit, workers=options.workers,
                                     hints=solutions, progress=progress)

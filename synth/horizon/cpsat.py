@@ -1,10 +1,10 @@
 """The full-horizon schedule as a CP-SAT model: every pass of every microbatch, makespan objective.
 
-The block model (``synth.blocks``) is exact for the stable phase; warm-up, cool-down and per-
+The block model (``synth.block.cpsat``) is exact for the stable phase; warm-up, cool-down and per-
 microbatch recompute/offload need the whole horizon. This file reads like an OR-Tools sample:
 data, variables, one helper per constraint family, objective, hints, solve, decode.
 
-- Data: a ``synth.horizonspec.Horizon`` (jobs = passes x microbatches in ticks, precedences with
+- Data: a ``synth.horizon.spec.Horizon`` (jobs = passes x microbatches in ticks, precedences with
   comm latency, lifespans in memory units, budgets), the same data the MILP twin reads.
 - Variables: one interval per job (optional, with its group's variant literal as presence, for
   R, OFFLOAD and RELOAD); exactly one variant literal per (stage, microbatch) group that may
@@ -13,7 +13,7 @@ data, variables, one helper per constraint family, objective, hints, solve, deco
   ``start[later] >= end[earlier] + gap`` when both jobs exist; per rank a cumulative over the
   lifespan intervals (F start to B end for ``act - wact``, F start to W end for ``wact``, and
   the recompute/offload variants' spans) within the budget; the makespan at least every job's
-  end and at least the analytic bound (``synth.bounds``, on the model's own integers).
+  end and at least the analytic bound (``synth.horizon.bounds``, on the model's own integers).
 - Objective: makespan first, then the fewest recompute/offload decisions (so none is made for
   nothing): ``makespan * weight + decisions`` with ``weight`` above any decision count; the
   makespan bound is ``floor(objective bound / weight)``.
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from ir import Op
-from synth.blockspec import Pass
-from synth.bounds import analytic_bound
-from synth.horizonspec import KEEP, Horizon, Solution, exists, fits_model, realize
+from synth.block.spec import Pass
+from synth.horizon.bounds import analytic_bound
+from synth.horizon.spec import KEEP, Horizon, Solution, exists, fits_model, realize
 
 __all__ = ["HorizonResult", "Progress", "solve_horizon"]
 
@@ -139,7 +139,7 @@ def add_reload_timing(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int)
     stays a relaxation of them (its bound holds with offload too), while a RELOAD may not float to
     an instant no program gives it. The decoded program (``to_schedule``) puts each copy right
     after the jobs that start no later than it; where the simulation shifts compute jobs earlier
-    than the model's ticks, a copy can follow them, which ``synth.refine`` catches by simulating."""
+    than the model's ticks, a copy can follow them, which ``synth.horizon.refine`` catches by simulating."""
     reloads = [j for j, (x, _) in enumerate(h.jobs) if x.op is Op.RELOAD]
     if not reloads:
         return

@@ -3,7 +3,7 @@
 A schedule is one microbatch's passes (its *building block*), repeated every period ``T``. The
 block fixes each pass's offset; microbatch i runs pass x at ``offset[x] + i T``. The model reads
 like an OR-Tools CP-SAT sample: data, variables, one helper per constraint family, objective,
-solve, then the answer is checked again (by ``synth.tile`` and ``ir.verify``).
+solve, then the answer is checked again (by ``synth.block.tile`` and ``ir.verify``).
 
 - Data: per stage and slice the pass times of ``ir.Costs`` rounded up to integer ticks; the
   placement (stage -> rank); whether the backward is split (B + W) or fused (BW); whether the
@@ -24,8 +24,8 @@ solve, then the answer is checked again (by ``synth.tile`` and ``ir.verify``).
   feasibility solve), then the shortest block (warm-up and cool-down) at that T, then the fewest
   stages recomputed or offloaded.
 
-The data (durations in ticks, edges, lifespans, budgets) come from ``synth.blockspec``, which
-the MILP twin (``synth.milp``, PuLP with HiGHS or CBC in a separate process) reads too.
+The data (durations in ticks, edges, lifespans, budgets) come from ``synth.block.spec``, which
+the MILP twin (``synth.block.milp``, PuLP with HiGHS or CBC in a separate process) reads too.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from ir import Costs, Placement
-from synth.blocksearch import Answer, search_period
-from synth.blockspec import BlockError, BlockOptions, BlockSpec, Pass, block_spec
+from synth.block.period import Answer, search_period
+from synth.block.spec import BlockError, BlockOptions, BlockSpec, Pass, block_spec
 
 __all__ = ["SOLVERS", "Block", "BlockError", "BlockOptions", "Pass", "solve_block", "solve_spec"]
 
@@ -320,7 +320,7 @@ def solve_block(costs: Costs, placement: Placement, options: BlockOptions | None
     if solver == "cpsat":
         answer = solve_spec(spec, options)
     else:
-        from synth.milp import solve_spec_milp
+        from synth.block.milp import solve_spec_milp
 
         answer = solve_spec_milp(spec, options, solver)
     return block_from_answer(spec, answer, time.perf_counter() - began, solver)

@@ -1,0 +1,14 @@
+"""The building-block method (Controllable Memory, arXiv 2405.15362): u microbatches' passes with
+offsets, repeated every period.
+
+- ``synth.block.spec``: the model's data in integers (`BlockSpec`, `BlockOptions`, `block_spec`),
+  shared by both solvers.
+- ``synth.block.period``: the period search both solvers run, the least memory a block holds and
+  the sequential block.
+- ``synth.block.cpsat``: the CP-SAT model (`solve_block`).
+- ``synth.block.milp``: the same model as a MILP (PuLP with HiGHS or CBC) in a child process.
+- ``synth.block.tile``: tile a block over m microbatches and squeeze it into a `Schedule`.
+
+Nothing is imported here: the MILP child must not import ortools, and importing this package
+must not pull in a solver.
+"""
