@@ -1,10 +1,27 @@
-"""Synthesis end to end: solve a block per placement, tile and squeeze it, and keep the best
-schedule that fits, never worse than the best hand-designed schedule that fits.
+"""Synthesis end to end: run every method on one problem within one time budget, feed each
+one's best answers to the next, and keep the fastest schedule that fits.
 
-The costs come from a function ``costs_for(placement, k) -> ir.Costs`` so the same search runs
-on the cost model (``synth.costs``), on unit costs, or on profiled numbers. Every candidate,
-synthesized or from the library, is verified and simulated with the costs of its own placement
-and slicing, and judged by its simulated makespan and its simulated peak against the cap.
+The methods, in the order they run (DESIGN.md, "The synthesizer"):
+
+1. **construct** (``synth.construct``): memory-aware list schedulers, on every placement; linear
+   in the actions, so they run first and cost a fraction of a second.
+2. **block** (``synth.block``): the building block per placement (a share of the budget each),
+   tiled and squeezed; and the sequential block as the last resort that always fits.
+3. **full horizon** (``synth.horizon``): CP-SAT (or the MILP twin) on the best placement with
+   what is left of the budget, hinted with every candidate on that placement.
+
+The library (``synth.baselines``) is evaluated too unless ``baselines=False`` (``--no-library``,
+the from-scratch search): then no library schedule is a candidate or a hint. Library schedules
+that use what the options forbid (recompute, offload, split backward) are skipped.
+
+Where recompute or offload is allowed, each method solves the restricted problem (keep only)
+first and keeps its answers as candidates, so allowing more never loses what the restricted
+search finds (up to the time-limited solver's own noise, which the benchmarks measure).
+
+The costs come from ``costs_for(placement, k) -> ir.Costs`` so the same search runs on the cost
+model (``synth.costs``), a user's ``--costs`` file, unit costs, or profiled numbers. Every
+candidate, synthesized or from the library, is verified and simulated with the costs of its own
+placement and slicing, and judged by its simulated makespan and its simulated peak against the cap.
 """
 
 from __future__ import annotations
@@ -14,30 +31,57 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ir import Costs, Placement, Schedule, ScheduleError, Timeline, simulate
-from ir.verify import MEMORY_RTOL
-from synth.block.cpsat import Block, BlockError, BlockOptions, block_from_answer, solve_block
+from ir import Placement, ScheduleError, simulate
+from synth.block.cpsat import BlockError, BlockOptions, block_from_answer
+from synth.block.groups import solve_groups
 from synth.block.period import Answer, sequential_block
 from synth.block.spec import block_spec
 from synth.block.tile import squeeze_timed, tile
-from synth.horizon.refine import AUTO_JOBS_PER_SECOND, Bound, full_horizon, gap, horizon_jobs, lower_bound, raise_bound
+from synth.candidates import (
+    Candidate,
+    NoScheduleFits,
+    Synthesis,
+    best,
+    cap_argument,
+    evaluate,
+    rank_key,
+    show_bytes,
+)
+from synth.horizon.refine import (
+    AUTO_JOBS_PER_SECOND,
+    full_horizon,
+    horizon_jobs,
+    lower_bound,
+    raise_bound,
+)
+from synth.problem import Budget, CostsFor, SynthProblem, Variants
 
-__all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "make_placement",
-           "synthesize"]
+__all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "cap_argument", "make_placement",
+           "show_bytes", "synthesize"]
 
 PLACEMENTS = ("standard", "interleaved", "v", "waves")
 
-CostsFor = Callable[[Placement, int], Costs]
 
-
-class NoScheduleFits(ValueError):
-    """The cap is below every schedule pipesynth can build; ``smallest`` is the least cap that works."""
-
-    def __init__(self, message: str, smallest: float) -> None:
-        super().__init__(message)
-        self.smallest = smallest
+# The whole search's default time limit, seconds (the default command in under 10 s on 2 cores).
+DEFAULT_TIME_LIMIT = 8.0
+# Shares of the time limit: the blocks get BLOCK_SHARE of it when the full horizon will run after
+# them (it gets the rest), and all of it otherwise.
+BLOCK_SHARE = 0.5
+# Within a placement's share, the restricted (keep-only) block's part when recompute or offload is
+# allowed: keep-only blocks solve fast, and the larger model needs the time more.
+RESTRICTED_SHARE = 0.3
+# A block solve shorter than this is not worth its model building (skipped when the placement
+# has a schedule already).
+MIN_SOLVE = 0.1
+# A block whose tiled estimate is this many times the placement's best so far is not squeezed.
+HOPELESS = 1.25
+# The list schedulers may use at most this share of the time limit (they need far less: about a
+# second at p = 16, m = 128; the deadline only cuts in at tiny time limits or huge problems).
+CONSTRUCT_SHARE = 0.6
+# Seconds kept for what follows the blocks when no full horizon runs (the chosen schedule's
+# re-simulation, the bound).
+FINISH = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +89,23 @@ class SynthOptions:
     """What the synthesizer may try.
 
     Attributes:
-        placements: placement kinds to solve a block for ("standard", "interleaved", "v", "waves").
+        placements: placement kinds to synthesize for ("standard", "interleaved", "v", "waves").
         chunks: stages per rank for interleaved, waves for waves.
         split_backward: B and W as separate passes.
-        recompute: the solver may recompute stages (k = 1 only).
-        offload: the solver may offload stages (k = 1 only).
+        recompute: schedules may recompute units (k = 1 only); library schedules that do are
+            skipped when False.
+        offload: schedules may offload units (k = 1 only); likewise.
         solver: "cpsat", "highs" or "cbc".
-        time_limit: seconds per block search (all its probes and the final solve).
+        time_limit: seconds for the whole search (every method; see ``BLOCK_SHARE``).
         ticks: time resolution of the block model (ticks for the longest pass).
-        baselines: evaluate the library too (the safety net).
+        baselines: evaluate the library too (the safety net, and hints for the full horizon);
+            False is the from-scratch search (``--no-library``).
         memory: the block's memory model, "exact" or "ceil" (see `synth.block.cpsat`).
-        optimize: "block" (blocks only), "full" (then the full-horizon model on the best
-            placement, hinted with what the blocks and the baselines found), or "auto" (full when
-            the model is small enough to help within ``time_limit``: see ``synth.horizon.refine``).
+        optimize: "block" (list schedulers and blocks only), "full" (then the full-horizon model
+            on the best placement, hinted with every candidate on it), or "auto" (full when the
+            model is small enough to help within what is left of ``time_limit``).
+        construct: run the list schedulers (``synth.construct``).
+        groups: microbatches per block period tried by the block method.
         progress: ``progress(seconds, makespan_ms or None, bound_ms)`` during the full-horizon solve.
     """
 
@@ -67,112 +115,18 @@ class SynthOptions:
     recompute: bool = True
     offload: bool = True
     solver: str = "cpsat"
-    time_limit: float = 1.5
+    time_limit: float = DEFAULT_TIME_LIMIT
     ticks: int = 60
     baselines: bool = True
     memory: str = "exact"
     optimize: str = "block"
+    construct: bool = True
+    groups: tuple[int, ...] = (1, 2, 3, 4)
     progress: Callable | None = None
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """One evaluated schedule.
-
-    Attributes:
-        name: "synth/<placement>" or the baseline's name.
-        schedule: the schedule.
-        costs: the costs it was simulated with.
-        timeline: the simulation.
-        fits: simulated peak <= cap on every rank.
-        block: the solved block, for synthesized candidates.
-        seconds: time to build it (solve + tile + squeeze), for synthesized candidates.
-        horizon: the full-horizon solve's result, for the refined candidate.
-    """
-
-    name: str
-    schedule: Schedule
-    costs: Costs
-    timeline: Timeline
-    fits: bool
-    block: Block | None = None
-    seconds: float = 0.0
-    horizon: Any = None
-
     @property
-    def synthesized(self) -> bool:
-        return self.block is not None or self.horizon is not None
-
-    @property
-    def makespan(self) -> float:
-        return self.timeline.makespan
-
-    @property
-    def peak(self) -> float:
-        return max(self.timeline.peak)
-
-    @property
-    def placement(self) -> str:
-        return self.schedule.placement.kind.value
-
-    def decisions(self) -> str:
-        """Recompute/offload per stage, e.g. ``recompute 0-3, offload 5`` or ``none``."""
-        if self.block is not None:
-            rec = [s for s, on in enumerate(self.block.recompute) if on]
-            off = [s for s, on in enumerate(self.block.offload) if on]
-        else:
-            from ir import Op
-
-            ops = {(a.op, a.stage) for _, _, a in self.schedule.actions()}
-            rec = sorted({s for op, s in ops if op is Op.R})
-            off = sorted({s for op, s in ops if op is Op.OFFLOAD})
-        parts = [f"{label} {_ranges(stages)}" for label, stages in (("recompute", rec), ("offload", off)) if stages]
-        return ", ".join(parts) or "none"
-
-
-@dataclass(frozen=True)
-class Synthesis:
-    """The search's outcome.
-
-    Attributes:
-        chosen: the fastest fitting candidate (synthesized or baseline; ties go to lower peak).
-        synthesized: the synthesized candidates, one per placement that gave a block.
-        baselines: every library schedule that could be built for this shape and slicing.
-        skipped: ``(name, reason)`` for placements and baselines that gave nothing.
-        mem_cap: the cap, bytes per rank (None: no cap).
-        seconds: wall time of the whole search.
-        bound: a lower bound on the makespan of any schedule on the chosen one's placement.
-        refined: the full-horizon candidate (``optimize`` full or auto), if the solve ran.
-        not_refined: why the full-horizon solve did not run (auto: the model is too large).
-    """
-
-    chosen: Candidate
-    synthesized: tuple[Candidate, ...]
-    baselines: tuple[Candidate, ...]
-    skipped: tuple[tuple[str, str], ...]
-    mem_cap: float | None
-    seconds: float
-    bound: Bound | None = None
-    refined: Candidate | None = None
-    not_refined: str = ""
-
-    @property
-    def gap(self) -> float | None:
-        """The chosen schedule's distance from the bound, ``(makespan - bound) / makespan``."""
-        return gap(self.chosen.makespan, self.bound)
-
-    @property
-    def best_synthesized(self) -> Candidate | None:
-        return _best(self.synthesized)
-
-    @property
-    def best_baseline(self) -> Candidate | None:
-        return _best(self.baselines)
-
-    def ranked(self) -> list[Candidate]:
-        """Every candidate, fitting ones first, then by makespan and peak."""
-        refined = () if self.refined is None else (self.refined,)
-        return sorted((*refined, *self.synthesized, *self.baselines), key=_rank_key)
+    def variants(self) -> Variants:
+        return Variants(self.split_backward, self.recompute, self.offload)
 
 
 def make_placement(kind: str, p: int, chunks: int = 2) -> Placement:
@@ -199,125 +153,224 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
         NoScheduleFits: nothing fits the cap; the message names the smallest cap that works.
     """
     options = options or SynthOptions()
-    began = time.perf_counter()
-    cached: dict[tuple[tuple[int, ...], int], Costs] = {}
-
-    def costs_of(placement: Placement, slices: int) -> Costs:
-        key = (placement.stage_to_rank, slices)
-        if key not in cached:
-            cached[key] = costs_for(placement, slices)
-        return cached[key]
-
+    problem = SynthProblem(costs_for, p, m, k, mem_cap, options.variants, Budget(options.time_limit))
     skipped: list[tuple[str, str]] = []
+    kinds = _buildable(problem, options, skipped)
+    refine = options.optimize != "block" and bool(kinds)
+    if options.optimize == "auto" and kinds:
+        smallest = min(horizon_jobs(placement, m, k, _block_options(problem, options, 1.0))
+                       for placement in kinds.values())
+        refine = smallest <= AUTO_JOBS_PER_SECOND * options.time_limit * (1 - BLOCK_SHARE)
     synthesized, sequential = [], []
-    for kind in options.placements:
-        try:
-            placement = make_placement(kind, p, options.chunks)
-        except ValueError as err:
-            skipped.append((f"synth/{kind}", str(err)))
-            continue
-        costs = costs_of(placement, k)
-        try:
-            found = _synthesize_one(kind, costs, placement, m, k, mem_cap, _block_options(options, k, mem_cap),
-                                    options)
-        except BlockError:
-            found = None
-        if found is None or not found.fits:  # one microbatch at a time is the last resort
-            sequential.append(_sequential_one(kind, costs, placement, m, k, mem_cap, options))
-            if sequential[-1].fits or found is None:
-                found = sequential[-1]
-        synthesized.append(found)
-    baselines = _baselines(p, m, k, costs_of, mem_cap, skipped) if options.baselines else []
+    if options.construct:
+        construct_end = problem.budget.until(CONSTRUCT_SHARE)
+        for index, (kind, placement) in enumerate(kinds.items()):
+            share = max(0.0, construct_end - time.perf_counter()) / (len(kinds) - index)
+            synthesized += _construct(problem, kind, placement, time.perf_counter() + share)
+    baselines = _baselines(problem, skipped) if options.baselines else []
+    block_end = problem.budget.until(BLOCK_SHARE if refine else 1.0) - FINISH
+    post = [0.0]  # the longest tile + squeeze so far: each later solve leaves room for its own
+    for index, (kind, placement) in enumerate(kinds.items()):
+        rungs = len(_ladder(problem.variants))
+        share = (block_end - time.perf_counter()) / (len(kinds) - index) - rungs * post[0]
+        found = _blocks(problem, options, kind, placement, share, post,
+                        [c for c in synthesized if c.schedule.placement == placement])
+        synthesized += found
+        if not any(c.fits for c in synthesized if c.schedule.placement == placement):
+            sequential.append(_sequential(problem, options, kind, placement))  # the last resort
+            synthesized.append(sequential[-1])
     fitting = [c for c in (*synthesized, *baselines) if c.fits]
     if not fitting:
         raise _no_fit(mem_cap, baselines, sequential)
-    chosen = _choose(fitting)
-    kinds = {make_placement(kind, p, options.chunks).stage_to_rank: kind for kind in options.placements
-             if f"synth/{kind}" in {c.name for c in synthesized}}
+    chosen = _confirm(fitting)
+    if chosen is None:
+        raise _no_fit(mem_cap, baselines, sequential)
     refined, not_refined, solved = None, "", None
-    # The full horizon refines the chosen schedule's placement, or the best synthesized one's when
-    # the chosen schedule is a baseline on a placement the search did not solve.
-    base = chosen if chosen.schedule.placement.stage_to_rank in kinds else _best(synthesized)
+    base = _refine_base(chosen, synthesized, kinds)
     if options.optimize != "block" and base is not None:
-        kind = kinds[base.schedule.placement.stage_to_rank]
-        refined, not_refined, solved = _refine(kind, base, (*synthesized, *baselines), m, k, mem_cap, options)
+        kind = next(kd for kd, pl in kinds.items() if pl == base.schedule.placement)
+        if refine:
+            refined, not_refined, solved = _refine(problem, options, kind, (*synthesized, *baselines))
+        else:
+            jobs = horizon_jobs(base.schedule.placement, m, k, _block_options(problem, options, 1.0))
+            not_refined = (f"full-horizon model not solved: {jobs} jobs need about "
+                           f"{math.ceil(jobs / (AUTO_JOBS_PER_SECOND * (1 - BLOCK_SHARE)))} s or more of "
+                           "--time-limit; use --optimize full with a larger --time-limit")
         if refined is not None and refined.fits:
-            chosen = _choose([chosen, refined])
+            chosen = best([chosen, refined])
+    placement_kind = {pl.stage_to_rank: kd for kd, pl in kinds.items()}
     bound = lower_bound(chosen.costs, chosen.schedule.placement,
-                        kinds.get(chosen.schedule.placement.stage_to_rank, chosen.placement), m, mem_cap,
+                        placement_kind.get(chosen.schedule.placement.stage_to_rank, chosen.placement), m, mem_cap,
                         chosen.schedule.k)
-    if solved is not None and chosen.schedule.placement.stage_to_rank in kinds:
+    if solved is not None and chosen.schedule.placement.stage_to_rank in placement_kind:
         bound = raise_bound(bound, *solved, chosen.schedule)
     return Synthesis(chosen, tuple(synthesized), tuple(baselines), tuple(skipped), mem_cap,
-                     time.perf_counter() - began, bound, refined, not_refined)
+                     problem.budget.elapsed(), bound, refined, not_refined, options.time_limit)
 
 
-def _choose(fitting: list[Candidate]) -> Candidate:
-    return min(fitting, key=lambda c: (*_rank_key(c)[1:], 0 if c.synthesized else 1))
+def _buildable(problem: SynthProblem, options: SynthOptions, skipped: list) -> dict[str, Placement]:
+    """The placements asked for whose costs can be built; the others go to ``skipped`` with why."""
+    kinds = {}
+    for kind in dict.fromkeys(options.placements):
+        try:
+            placement = make_placement(kind, problem.p, options.chunks)
+            problem.costs(placement)
+        except ValueError as err:
+            skipped.append((f"synth/{kind}", str(err).splitlines()[0]))
+            continue
+        kinds[kind] = placement
+    return kinds
 
 
-def _refine(kind: str, chosen: Candidate, candidates, m: int, k: int, mem_cap: float | None,
-            options: SynthOptions) -> tuple[Candidate | None, str, tuple | None]:
-    """The full-horizon solve on the chosen schedule's placement, hinted with every candidate on it.
-    Returns the refined candidate (None if none), why it did not run (auto), and ``(horizon,
-    result)`` for the bound."""
-    placement, costs = chosen.schedule.placement, chosen.costs
-    block_options = _block_options(options, k, mem_cap)
-    jobs = horizon_jobs(placement, m, k, block_options)
-    if options.optimize == "auto" and jobs > AUTO_JOBS_PER_SECOND * options.time_limit:
-        return None, (f"full-horizon model not solved: {jobs} jobs need about "
-                      f"{math.ceil(jobs / AUTO_JOBS_PER_SECOND)} s or more; use --optimize full with a larger "
-                      f"--time-limit"), None
+def _refine_base(chosen: Candidate, synthesized: list[Candidate], kinds: dict[str, Placement]) -> Candidate | None:
+    """The candidate whose placement the full horizon refines: the chosen one's, or the best
+    synthesized one's when the chosen schedule is a baseline on a placement the search did not try."""
+    if any(pl == chosen.schedule.placement for pl in kinds.values()):
+        return chosen
+    return best(synthesized)
+
+
+# ------------------------------------------------------------------------------------- methods
+def _ladder(variants: Variants) -> list[Variants]:
+    """The restricted problem first, then the full one (when recompute or offload is allowed)."""
+    return [variants.keep_only, variants] if variants.extended else [variants]
+
+
+def _construct(problem: SynthProblem, kind: str, placement: Placement, deadline: float) -> list[Candidate]:
+    """The list schedulers' best schedule for each rung of the variant ladder (restricted first).
+
+    Not squeezed: they are list schedules already (squeezing them gained nothing in any case
+    measured, at five times their cost). Their timelines are the scheduler's own, built by the
+    simulator's rules (``synth.construct.timeline_matches``); the chosen schedule is simulated
+    again by ``ir.simulate`` before it is reported (`_confirm`)."""
+    from synth.construct import construct
+
+    costs, out = problem.costs(placement), []
+    ladder = _ladder(problem.variants)
+    for index, variants in enumerate(ladder):
+        began = time.perf_counter()
+        rung_end = deadline if index == len(ladder) - 1 else began + max(0.0, deadline - began) / 2
+        found = construct(costs, placement, problem.m, problem.mem_cap, split_backward=variants.split_backward,
+                          recompute=variants.recompute, offload=variants.offload, deadline=rung_end)
+        if found:
+            out.append(evaluate(f"synth-list/{kind}", found[0].schedule, costs, problem.mem_cap, method="list",
+                                seconds=time.perf_counter() - began, timeline=found[0].timeline))
+    return out
+
+
+def _confirm(candidates: list[Candidate]) -> Candidate | None:
+    """The best fitting candidate after ``ir.simulate`` (``ir.verify``'s structural rules first) has
+    run it again: the methods hand over timelines of their own (the list schedulers' is built by
+    the simulator's rules, the squeeze's by its timing pass alone), and nothing downstream trusts
+    them. A candidate that no longer fits, or that the simulator finds slower, is dropped and the
+    next one tried."""
+    pool = [c for c in candidates if c.fits]
+    while pool:
+        chosen = best(pool)
+        if chosen.method == "library":
+            return chosen  # simulated by ir.simulate already
+        again = simulate(chosen.schedule, chosen.costs)
+        same = (max(again.peak) <= max(chosen.timeline.peak) * (1 + 1e-9)
+                and again.makespan <= chosen.makespan * (1 + 1e-9))
+        if same:
+            return dataclasses.replace(chosen, timeline=again)
+        pool.remove(chosen)
+    return None
+
+
+def _blocks(problem: SynthProblem, options: SynthOptions, kind: str, placement: Placement,
+            seconds: float, post: list[float], covered_by: list[Candidate]) -> list[Candidate]:
+    """The placement's blocks (the variant ladder splitting ``seconds``), tiled and squeezed;
+    ``post[0]`` keeps the longest tile + squeeze seen, so later solves leave room for theirs. A
+    solve that would get less than ``MIN_SOLVE`` seconds is skipped when ``covered_by`` (the
+    placement's candidates so far) already holds a fitting schedule."""
+    costs, out = problem.costs(placement), []
+    ladder = _ladder(problem.variants)
+    deadline = time.perf_counter() + seconds
+    covered = any(c.fits for c in covered_by)
+    if len(ladder) > 1 and seconds * RESTRICTED_SHARE - post[0] < MIN_SOLVE:
+        ladder = ladder[-1:]  # too little time for both rungs: the whole problem alone
+    for index, variants in enumerate(ladder):
+        left = deadline - time.perf_counter()
+        share = (left * RESTRICTED_SHARE if index < len(ladder) - 1 else left) - post[0]
+        if covered and share < MIN_SOLVE:
+            continue  # out of time, and the placement has a schedule already: keep within the limit
+        share = max(MIN_SOLVE, share)
+        began = time.perf_counter()
+        block_options = _block_options(problem, options, share, variants)
+        try:
+            blocks = solve_groups(costs, placement, block_options, groups=options.groups, solver=options.solver)
+        except BlockError:
+            continue
+        # the best by its tiled estimate is squeezed (squeezing costs a few simulations), unless
+        # that estimate is far behind what the placement has already (squeezing gains less)
+        for block in sorted(blocks.values(), key=lambda b: (b.estimate is None, b.estimate or 0, b.group))[:1]:
+            known = [c.makespan for c in (*covered_by, *out) if c.fits]
+            if known and block.estimate is not None and block.estimate * block.tick > HOPELESS * min(known):
+                continue
+            solved = time.perf_counter()
+            schedule = tile(block, placement, problem.m, k=problem.k, solver=options.solver, proven=block.proven,
+                            solve_seconds=round(block.solve_seconds, 3))
+            schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap)
+            post[0] = max(post[0], time.perf_counter() - solved)
+            out.append(evaluate(f"synth/{kind}", schedule, costs, problem.mem_cap, method="block", block=block,
+                                seconds=time.perf_counter() - began, timeline=timeline))
+    return out
+
+
+def _sequential(problem: SynthProblem, options: SynthOptions, kind: str, placement: Placement) -> Candidate:
+    """The placement's least-memory schedule: the sequential block (one microbatch at a time,
+    freeing as soon as it can), tiled; what the smallest-cap error promises is its simulated peak."""
     began = time.perf_counter()
-    hints = [c.schedule for c in sorted(candidates, key=_rank_key)
-             if c.schedule.placement == placement and c.schedule.k == k]
+    costs = problem.costs(placement)
+    spec = block_spec(costs, placement, dataclasses.replace(_block_options(problem, options, 1.0), mem_cap=None))
+    offsets, variants = sequential_block(spec)
+    block = block_from_answer(spec, Answer(spec.max_period, offsets, variants, False, ()), 0.0, "sequential")
+    schedule = tile(block, placement, problem.m, k=problem.k, solver="sequential")
+    schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap)
+    return evaluate(f"synth/{kind}", schedule, costs, problem.mem_cap, method="block", block=block,
+                    seconds=time.perf_counter() - began, timeline=timeline)
+
+
+def _block_options(problem: SynthProblem, options: SynthOptions, seconds: float,
+                   variants: Variants | None = None) -> BlockOptions:
+    variants = variants or problem.variants
+    return BlockOptions(split_backward=variants.split_backward, recompute=variants.recompute,
+                        offload=variants.offload, mem_cap=problem.mem_cap, ticks=options.ticks,
+                        time_limit=seconds, memory=options.memory, m=problem.m)
+
+
+def _refine(problem: SynthProblem, options: SynthOptions, kind: str,
+            candidates) -> tuple[Candidate | None, str, tuple | None]:
+    """The full-horizon solve on ``kind``'s placement with what is left of the budget, hinted with
+    every candidate on it (best first). Returns the refined candidate (None if none), why it did
+    not run, and ``(horizon, result)`` for the bound."""
+    placement = make_placement(kind, problem.p, options.chunks)
+    costs = problem.costs(placement)
+    seconds = max(0.1, problem.budget.left())
+    block_options = _block_options(problem, options, seconds)
+    began = time.perf_counter()
+    hints = [c.schedule for c in sorted(candidates, key=rank_key)
+             if c.schedule.placement == placement and c.schedule.k == problem.k]
     try:
-        schedule, result, h = full_horizon(costs, placement, m, block_options, hints, options.solver,
+        schedule, result, h = full_horizon(costs, placement, problem.m, block_options, hints, options.solver,
                                            options.progress)
     except BlockError as err:
         return None, f"full-horizon model not solved: {err}", None
     if schedule is None:
         return None, f"full-horizon model: no schedule found ({result.status})", (h, result)
-    schedule, timeline = squeeze_timed(schedule, costs, mem_cap)
-    candidate = _evaluate(f"synth-full/{kind}", schedule, costs, mem_cap, None, time.perf_counter() - began,
-                          timeline)
+    schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap)
+    candidate = evaluate(f"synth-full/{kind}", schedule, costs, problem.mem_cap, method="full",
+                         seconds=time.perf_counter() - began, timeline=timeline)
     return dataclasses.replace(candidate, horizon=result), "", (h, result)
 
 
-def _block_options(options: SynthOptions, k: int, mem_cap: float | None) -> BlockOptions:
-    return BlockOptions(split_backward=options.split_backward, recompute=options.recompute and k == 1,
-                        offload=options.offload and k == 1, mem_cap=mem_cap, ticks=options.ticks,
-                        time_limit=options.time_limit, memory=options.memory)
-
-
-def _synthesize_one(kind: str, costs: Costs, placement: Placement, m: int, k: int, mem_cap: float | None,
-                    block_options: BlockOptions, options: SynthOptions) -> Candidate:
-    began = time.perf_counter()
-    block = solve_block(costs, placement, block_options, solver=options.solver)
-    schedule = tile(block, placement, m, k=k, solver=options.solver, proven=block.proven,
-                    solve_seconds=round(block.solve_seconds, 3))
-    schedule, timeline = squeeze_timed(schedule, costs, mem_cap)
-    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began, timeline)
-
-
-def _sequential_one(kind: str, costs: Costs, placement: Placement, m: int, k: int, mem_cap: float | None,
-                    options: SynthOptions) -> Candidate:
-    """The placement's least-memory schedule: the sequential block (one microbatch at a time,
-    freeing as soon as it can), tiled; what the smallest-cap error promises is its simulated peak."""
-    began = time.perf_counter()
-    spec = block_spec(costs, placement, _block_options(options, k, None))
-    offsets, variants = sequential_block(spec)
-    block = block_from_answer(spec, Answer(spec.max_period, offsets, variants, False, ()), 0.0, "sequential")
-    schedule, timeline = squeeze_timed(tile(block, placement, m, k=k, solver="sequential"), costs, mem_cap)
-    return _evaluate(f"synth/{kind}", schedule, costs, mem_cap, block, time.perf_counter() - began, timeline)
-
-
-def _baselines(p: int, m: int, k: int, costs_of, mem_cap: float | None, skipped: list) -> list[Candidate]:
-    """Every library schedule for the same slicing: the sequence-slice families with ``k`` slices
-    when k > 1, the others when k = 1."""
+def _baselines(problem: SynthProblem, skipped: list) -> list[Candidate]:
+    """Every library schedule for the same slicing (the sequence-slice families with ``k`` slices
+    when k > 1, the others when k = 1) that uses only what the options allow."""
     from synth.baselines import BASELINES
 
-    out = []
+    out, p, m, k = [], problem.p, problem.m, problem.k
     for name, baseline in BASELINES.items():
         sliced = "k" in baseline.options
         if sliced != (k > 1):
@@ -326,29 +379,16 @@ def _baselines(p: int, m: int, k: int, costs_of, mem_cap: float | None, skipped:
         extra = {"k": k} if sliced else {}
         try:
             shape = baseline(p, m, **extra)
-            costs = costs_of(shape.placement, shape.k)
+            why = problem.variants.allows(shape)
+            if why is not None:
+                skipped.append((name, why))
+                continue
+            costs = problem.costs(shape.placement, shape.k)
             schedule = baseline(p, m, costs=costs, **extra)
-            out.append(_evaluate(name, schedule, costs, mem_cap))
+            out.append(evaluate(name, schedule, costs, problem.mem_cap))
         except (ValueError, ScheduleError) as err:
             skipped.append((name, str(err).splitlines()[0]))
     return out
-
-
-def _evaluate(name: str, schedule: Schedule, costs: Costs, mem_cap: float | None, block: Block | None = None,
-              seconds: float = 0.0, timeline: Timeline | None = None) -> Candidate:
-    if timeline is None:
-        timeline = simulate(schedule, costs)  # runs verify's structural rules (deadlock included) first
-    fits = mem_cap is None or max(timeline.peak) <= mem_cap * (1 + MEMORY_RTOL)
-    return Candidate(name, schedule, costs, timeline, fits, block, seconds)
-
-
-def _rank_key(c: Candidate) -> tuple:
-    return (not c.fits, round(c.makespan, 9), round(c.peak, 3))
-
-
-def _best(candidates) -> Candidate | None:
-    fitting = [c for c in candidates if c.fits]
-    return min(fitting, key=_rank_key) if fitting else None
 
 
 def _no_fit(mem_cap: float, baselines: list[Candidate], sequential: list[Candidate]) -> NoScheduleFits:
@@ -357,31 +397,7 @@ def _no_fit(mem_cap: float, baselines: list[Candidate], sequential: list[Candida
         return NoScheduleFits(f"no schedule fits a cap of {show_bytes(mem_cap)} and none could be built", math.inf)
     smallest, how = min(options)
     return NoScheduleFits(
-        f"no schedule fits a memory cap of {show_bytes(mem_cap)} per GPU: even with recompute and offload "
-        f"allowed, the least any schedule pipesynth builds needs is {show_bytes(smallest)} ({how}"
+        f"no schedule fits a memory cap of {show_bytes(mem_cap)} per GPU: the least any schedule pipesynth "
+        f"builds with the options given needs is {show_bytes(smallest)} ({how}"
         + (", one microbatch in flight" if how.startswith("synth/") else "")
         + f"); use --mem-cap {cap_argument(smallest)} or more, or more stages", smallest)
-
-
-def show_bytes(nbytes: float) -> str:
-    """Bytes as GiB, or as a plain number for unit-cost problems (below 1 MB)."""
-    from synth.sizes import format_size
-
-    return format_size(nbytes) if nbytes >= 1e6 else f"{nbytes:g}"
-
-
-def cap_argument(nbytes: float) -> str:
-    """A ``--mem-cap`` value of at least ``nbytes``: GB rounded up to 0.01 GB (plain below 1 MB)."""
-    return f"{math.ceil(nbytes / 1e7 - 1e-9) / 100:.2f}GB" if nbytes >= 1e6 else f"{nbytes:g}"
-
-
-def _ranges(stages: list[int]) -> str:
-    parts, i = [], 0
-    while i < len(stages):
-        j = i
-        while j + 1 < len(stages) and stages[j + 1] == stages[j] + 1:
-            j += 1
-        parts.append(str(stages[i]) if i == j else f"{stages[i]}-{stages[j]}")
-        i = j + 1
-    return ",".join(parts)
-

@@ -1,7 +1,8 @@
 """The building-block model (Controllable Memory, Qi et al. 2024, arXiv 2405.15362) in CP-SAT.
 
-A schedule is one microbatch's passes (its *building block*), repeated every period ``T``. The
-block fixes each pass's offset; microbatch i runs pass x at ``offset[x] + i T``. The model reads
+A schedule is u microbatches' passes (its *building block*, u = ``BlockOptions.group`` in 1..4),
+repeated every period ``T`` (average period T / u). The block fixes each pass's offset; microbatch
+``i = q u + r`` runs copy r's pass x at ``offset[x] + q T``. The model reads
 like an OR-Tools CP-SAT sample: data, variables, one helper per constraint family, objective,
 solve, then the answer is checked again (by ``synth.block.tile`` and ``ir.verify``).
 
@@ -9,20 +10,26 @@ solve, then the answer is checked again (by ``synth.block.tile`` and ``ir.verify
   placement (stage -> rank); whether the backward is split (B + W) or fused (BW); whether the
   solver may choose recompute (an R pass; the unit keeps only its input until R) or offload
   (OFFLOAD after F and RELOAD before B on the rank's copy stream) per stage.
-- Variables: ``start`` of every pass; per stage the booleans ``recompute[s]``/``offload[s]``
-  (optional passes are optional intervals); per pass its lap ``q`` and its position modulo T.
+- Variables: ``start`` of every pass of every copy; per stage the booleans ``recompute[s]`` /
+  ``offload[s]``, shared by the copies (optional passes are optional intervals); per pass its lap
+  ``q`` and its position modulo T.
 - Modular no-overlap: on every rank the passes of all microbatches must not overlap. Mapping
   each pass to ``start - start[anchor] - q T`` in ``[0, T - d]`` (the anchor is the F of the
-  rank's first stage, which starts no later than any other pass on the rank, so cutting the
-  circle there cuts no pass) turns it into a plain NoOverlap per rank and stream.
-- Precedences: DESIGN.md's dependency list within one microbatch, with comm latency between
-  ranks; R waits for its unit's incoming gradient, as ``ir.deps`` has it.
+  rank's first stage in copy 0: no compute pass can wrap past its slot, so cutting the circle
+  there cuts none; copy 0's passes start after it, other copies' laps may be negative) turns it
+  into a plain NoOverlap per rank and stream over all copies' passes.
+- Symmetry: copies are interchangeable microbatches, so (relabelling, and shifting a copy by T)
+  copy r + 1's stage-0 first forward starts after copy r's, and all of them within one period.
+- Precedences: DESIGN.md's dependency list within each copy (one microbatch), with comm latency
+  between ranks; R waits for its unit's incoming gradient, as ``ir.deps`` has it.
 - Memory: a unit alive for ``l`` ticks overlaps at most ``ceil(l / T)`` microbatches of itself,
   so with an integer ``n >= l / T`` per lifespan (``n T >= l``, linear once T is fixed) a rank
   holds at most ``static + sum n * bytes``; that must fit the cap.
 - Objective: the smallest T (galloping up from the load bound, then bisecting; each probe a
   feasibility solve), then the shortest block (warm-up and cool-down) at that T, then the fewest
-  stages recomputed or offloaded.
+  stages recomputed or offloaded. With ``BlockOptions.m``, larger periods follow while their
+  tiled makespan may be shorter (``synth.block.objective``). ``synth.block.groups`` tries
+  u = 1..4 and keeps the block whose tiled makespan is shortest.
 
 The data (durations in ticks, edges, lifespans, budgets) come from ``synth.block.spec``, which
 the MILP twin (``synth.block.milp``, PuLP with HiGHS or CBC in a separate process) reads too.
@@ -37,22 +44,24 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from ir import Costs, Placement
+from synth.block.objective import tiled_asap, tiled_length, widen
 from synth.block.period import Answer, search_period
 from synth.block.spec import BlockError, BlockOptions, BlockSpec, Pass, block_spec
 
-__all__ = ["SOLVERS", "Block", "BlockError", "BlockOptions", "Pass", "solve_block", "solve_spec"]
+__all__ = ["SOLVERS", "Block", "BlockError", "BlockOptions", "Pass", "block_from_answer", "solve", "solve_block",
+           "solve_spec"]
 
 SOLVERS = ("cpsat", "highs", "cbc")
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """A solved building block.
+    """A solved building block of ``group`` microbatches.
 
     Attributes:
-        period: T in ticks.
+        period: T in ticks, for ``group`` microbatches (the average period is T / group).
         tick: cost units (ms) per tick.
-        offsets: start tick of every present pass.
+        offsets: start tick of every present pass of every copy (``Pass.micro``).
         durations: ticks of every present pass.
         recompute: per stage, whether it is recomputed.
         offload: per stage, whether it is offloaded.
@@ -60,9 +69,15 @@ class Block:
         proven: every probe was decided and the final solve is optimal: T is the load bound or
             T - 1 is proven infeasible, and the block length is optimal at T (feasibility is not
             monotone in T in general, so a smaller T below an infeasible one is not ruled out).
+            With ``BlockOptions.m``: besides, every larger period that could end sooner in block
+            time was solved to optimality (``synth.block.objective.widen``).
         solve_seconds: wall time of all solves.
         probes: the feasibility probes, ``(T, feasible)``.
         solver: "cpsat", "highs" or "cbc".
+        group: u, the microbatches per block.
+        estimate: with ``BlockOptions.m``, ticks the tiled schedule of m microbatches takes run as
+            soon as possible (``synth.block.objective.tiled_asap``: ``ir.simulate``'s rules in
+            ticks, before any squeeze); else None.
     """
 
     period: int
@@ -76,11 +91,18 @@ class Block:
     solve_seconds: float
     probes: tuple[tuple[int, bool], ...] = field(default=())
     solver: str = "cpsat"
+    group: int = 1
+    estimate: int | None = None
 
     @property
     def length(self) -> int:
         """Ticks from the block's first start to its last end."""
         return max(self.offsets[x] + self.durations[x] for x in self.offsets) - min(self.offsets.values())
+
+    def makespan(self, m: int) -> int:
+        """Ticks ``m`` microbatches of the tiled block take in block time, about
+        ``(ceil(m / group) - 1) period + length`` (``synth.block.objective.tiled_length``)."""
+        return tiled_length(self.period, self.offsets, self.durations, self.group, m)
 
 
 # ---------------------------------------------------------------------------------------- variables
@@ -122,8 +144,9 @@ def add_modular_no_overlap(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, p
     """No two passes of any microbatches overlap on a rank's compute stream or copy stream.
 
     Each pass maps to its phase ``start - start[anchor] - lap T`` in ``[0, T - d]``; the anchor
-    (the rank's first forward) starts no later than any other pass on the rank, so cutting the
-    circle there cuts no pass, and the modular constraint becomes a plain NoOverlap.
+    (the rank's first forward in copy 0) holds the slot right after the cut, so no compute pass
+    wraps past it, and the modular constraint becomes a plain NoOverlap. Copy 0's passes start
+    after their anchor (lap >= 0); other copies may start before it (any lap).
     """
     streams: dict[tuple[int, bool], list] = {}
     laps = spec.horizon // period + 1
@@ -133,7 +156,7 @@ def add_modular_no_overlap(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, p
         if d > period:  # only optional passes can be: T is at least a rank's mandatory load
             model.Add(v.present[x] == 0)
             continue
-        lap = model.NewIntVar(0, laps, f"lap_{x.name}")
+        lap = model.NewIntVar(0 if x.micro == 0 else -laps, laps, f"lap_{x.name}")
         phase = model.NewIntVar(0, period - d, f"phase_{x.name}")
         ct = model.Add(phase == v.start[x] - v.start[spec.anchor(spec.rank[x])] - lap * period)
         if v.present[x] is True:
@@ -205,6 +228,19 @@ def _variant_literals(v: _Vars, spec: BlockSpec, span) -> list:
     return [c.Not() for c in chosen] if span.variant == "keep" else [v.choice[(span.stage, span.variant)]]
 
 
+def add_symmetry(model: cp_model.CpModel, v: _Vars, spec: BlockSpec, period: int) -> None:
+    """Copy r + 1's stage-0 first forward starts after copy r's ends, and the last one ends within
+    the period of copy 0's (which starts at 0). Exact: any periodic schedule of u microbatches can
+    be relabelled so stage 0's first forwards run in microbatch order, and a copy shifted by a
+    whole period is the same schedule with a block no longer."""
+    firsts = spec.firsts
+    d = spec.dur[spec.first]
+    for earlier, later in zip(firsts, firsts[1:], strict=False):
+        model.Add(v.start[later] >= v.start[earlier] + d)
+    if len(firsts) > 1:
+        model.Add(v.start[firsts[-1]] + d <= period)
+
+
 def add_block_length(model: cp_model.CpModel, v: _Vars, spec: BlockSpec) -> None:
     """``length`` is the block's last end, measured from the first forward (which starts at 0)."""
     model.Add(v.start[spec.first] == 0)
@@ -219,6 +255,7 @@ def _model(spec: BlockSpec, period: int) -> tuple[cp_model.CpModel, _Vars]:
     add_precedences(model, v, spec)
     add_modular_no_overlap(model, v, spec, period)
     add_memory_cap(model, v, spec, period)
+    add_symmetry(model, v, spec, period)
     add_block_length(model, v, spec)
     return model, v
 
@@ -249,22 +286,43 @@ def _decode(spec: BlockSpec, solver: cp_model.CpSolver, v: _Vars) -> tuple[dict[
     return offsets, variants
 
 
-def solve_spec(spec: BlockSpec, options: BlockOptions) -> Answer:
-    """The CP-SAT answer for ``spec``: smallest period, then shortest block, all within
-    ``options.time_limit`` seconds.
+def solve_spec(spec: BlockSpec, options: BlockOptions, known: Answer | None = None) -> Answer:
+    """The CP-SAT answer for ``spec``: smallest period, then shortest block (or, with
+    ``options.m``, the block whose tiled makespan is shortest), all within ``options.time_limit``.
 
     With the exact memory model and a cap, the paper's ``ceil`` model runs first on half the time:
     its blocks are exact-feasible too (it over-counts), and it solves fast, so its answer bounds the
-    exact search, which then probes only smaller periods, hinted with it."""
+    exact search, which then probes only smaller periods, hinted with it (u = 1 only: with more
+    copies it rounds each copy's lifespans up on their own, so it rarely helps). A ``known`` block
+    (one satisfying ``spec``, e.g. copies of a smaller block) takes its place. With ``options.m`` the
+    period search gets 60% of the time and `synth.block.objective.widen` the rest."""
     began = time.perf_counter()
-    if spec.memory == "exact" and spec.budget is not None:
+    deadline = began + options.time_limit
+    searched = began + (0.6 if options.m is not None else 1.0) * options.time_limit
+    if known is None and spec.memory == "exact" and spec.budget is not None and spec.group == 1:
         try:
-            first = _search(dataclasses.replace(spec, memory="ceil"), options, options.time_limit / 2)
+            known = _search(dataclasses.replace(spec, memory="ceil"), options, (searched - began) / 2)
         except BlockError:  # the cap is below what the over-counting bound admits: exact alone
-            first = None
-        seconds = max(0.1, options.time_limit - (time.perf_counter() - began))
-        return _search(spec, options, seconds, known=first)
-    return _search(spec, options, options.time_limit)
+            known = None
+    answer = _search(spec, options, max(0.1, searched - time.perf_counter()), known=known)
+    if options.m is None:
+        return answer
+
+    def final(period: int):
+        return _final(spec, options, period, max(0.05, 0.5 * (deadline - time.perf_counter())))
+
+    return widen(spec, answer, final, options.m, lambda: time.perf_counter() < deadline - 0.05)
+
+
+def _final(spec: BlockSpec, options: BlockOptions, period: int, seconds: float, hint: tuple | None = None):
+    """The shortest block at ``period``: ``(optimal, offsets, variants)``, False if proven
+    infeasible, None if nothing was found in time."""
+    status, solver, v = _solve(spec, period, options, seconds, optimize=True, hint=hint)
+    if status == cp_model.INFEASIBLE:
+        return False
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    return (status == cp_model.OPTIMAL, *_decode(spec, solver, v))
 
 
 def _search(spec: BlockSpec, options: BlockOptions, seconds: float, known: Answer | None = None) -> Answer:
@@ -290,17 +348,16 @@ def _search(spec: BlockSpec, options: BlockOptions, seconds: float, known: Answe
         return False if status == cp_model.INFEASIBLE else None
 
     def final(period: int):
-        status, solver, v = _solve(spec, period, options, left(1.0), optimize=True, hint=blocks.get(period))
-        if status not in found:
-            return None
-        return (status == cp_model.OPTIMAL, *_decode(spec, solver, v))
+        return _final(spec, options, period, left(1.0), blocks.get(period))
 
     return search_period(spec, probe, final, options.time_limit, known)
 
 
 def solve_block(costs: Costs, placement: Placement, options: BlockOptions | None = None,
                 solver: str = "cpsat") -> Block:
-    """The building block with the smallest period that fits ``options.mem_cap``.
+    """The building block of ``options.group`` microbatches with the smallest period that fits
+    ``options.mem_cap`` (with ``options.m``: the shortest tiled makespan); for the best over
+    u = 1..4 see ``synth.block.groups.solve_blocks``.
 
     Args:
         costs: per-unit costs (``ir.Costs``).
@@ -313,24 +370,31 @@ def solve_block(costs: Costs, placement: Placement, options: BlockOptions | None
             solver is unknown or failed.
     """
     options = options or BlockOptions()
+    return solve(block_spec(costs, placement, options), options, solver)
+
+
+def solve(spec: BlockSpec, options: BlockOptions, solver: str = "cpsat", known: Answer | None = None) -> Block:
+    """The `Block` of ``spec`` by ``solver``; ``known``, a block satisfying ``spec``, bounds the
+    period search (see `solve_spec`)."""
     if solver not in SOLVERS:
         raise BlockError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    spec = block_spec(costs, placement, options)
     began = time.perf_counter()
     if solver == "cpsat":
-        answer = solve_spec(spec, options)
+        answer = solve_spec(spec, options, known)
     else:
         from synth.block.milp import solve_spec_milp
 
-        answer = solve_spec_milp(spec, options, solver)
-    return block_from_answer(spec, answer, time.perf_counter() - began, solver)
+        answer = solve_spec_milp(spec, options, solver, known)
+    return block_from_answer(spec, answer, time.perf_counter() - began, solver, options.m)
 
 
-def block_from_answer(spec: BlockSpec, answer: Answer, seconds: float, solver: str) -> Block:
-    """The `Block` a solver's answer describes, with its memory bound recomputed from the offsets."""
+def block_from_answer(spec: BlockSpec, answer: Answer, seconds: float, solver: str, m: int | None = None) -> Block:
+    """The `Block` a solver's answer describes, with its memory bound recomputed from the offsets
+    (and, for ``m`` microbatches, its estimate)."""
     stages = range(spec.num_stages)
     return Block(answer.period, spec.tick, dict(answer.offsets), {x: spec.dur[x] for x in answer.offsets},
                  tuple(answer.variants.get(s) == "recompute" for s in stages),
                  tuple(answer.variants.get(s) == "offload" for s in stages),
                  spec.memory_of(answer.period, answer.offsets, answer.variants), answer.proven, seconds,
-                 answer.probes, solver)
+                 answer.probes, solver, spec.group,
+                 None if m is None else tiled_asap(spec, answer.period, answer.offsets, m))

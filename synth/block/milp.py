@@ -15,6 +15,9 @@ objective, solve.
   order per pair of passes on one stream; integer ``n`` per lifespan; integer ``length``.
 - Precedences: ``start[later] >= start[earlier] + dur[earlier] + gap - M (2 - both present)``
   with ``M = horizon + dur[earlier] + gap``.
+- Copies: a block of u microbatches holds u copies of every pass (``Pass.micro``), with edges
+  and lifespans per copy; copy 0's laps are >= 0, the others' any integer; ``start[first of copy
+  r + 1] >= start[first of copy r] + dur`` and the last copy's first forward ends within T.
 - Modular no-overlap per (rank, stream): ``phase[x] = start[x] - start[anchor] - T lap[x]`` in
   ``[0, T - d]``, then for each pair a binary order ``o`` and ``phase[x] + d[x] <= phase[y] +
   T (1 - o) + T (absent x + absent y)`` (and the mirror with ``T o``). ``M = T`` suffices: with
@@ -31,7 +34,7 @@ Process split: ortools 9.15 and highspy 1.15 cannot share a process (each one's 
 leaves the other with undefined symbols, whichever is imported first), and ``import pulp``
 imports highspy. So this module never imports ortools (nor ``synth.block.cpsat``), and the parent
 side imports neither pulp nor highspy: ``solve_spec_milp`` runs ``python -m synth.block.milp`` with
-``{"spec", "time_limit", "workers", "solver"}`` as JSON on stdin and reads ``{"answer": ...}``
+``{"spec", "time_limit", "workers", "solver", "m", "known"}`` as JSON on stdin and reads ``{"answer": ...}``
 or ``{"error": ...}`` from stdout. Every failure there (timeout, crash, no block, a missing
 solver) comes back as a ``BlockError`` that says what to do.
 
@@ -55,6 +58,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from synth.block.objective import widen
 from synth.block.period import Answer, search_period
 from synth.block.spec import BlockError, BlockOptions, BlockSpec, Pass
 from synth.child import ask, serve
@@ -62,18 +66,21 @@ from synth.child import ask, serve
 __all__ = ["MILP_SOLVERS", "main", "solve_spec_milp"]
 
 MILP_SOLVERS = ("highs", "cbc")
+WIDEN_SAMPLES = 8  # larger periods widen may solve before refining (each solve has the whole limit)
 
 
 
 # ------------------------------------------------------------------------------------- parent side
-def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str) -> Answer:
-    """The MILP answer for ``spec`` (smallest period, then shortest block), solved in a child process.
+def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str, known: Answer | None = None) -> Answer:
+    """The MILP answer for ``spec`` (smallest period, then shortest block; with ``options.m`` the
+    shortest tiled makespan, ``synth.block.objective.widen``), solved in a child process.
 
     Args:
         spec: the block data.
         options: ``time_limit`` (seconds for each MILP solve; CP-SAT shares it over the whole
-            search instead) and ``workers`` (solver threads) are used.
+            search instead), ``workers`` (solver threads) and ``m`` are used.
         solver: "highs" or "cbc".
+        known: a block satisfying ``spec``: only smaller periods are searched.
 
     Raises:
         BlockError: no block fits, the solver is unknown or missing, or the child failed or timed out.
@@ -81,10 +88,10 @@ def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str) -> Answ
     if solver not in MILP_SOLVERS:
         raise BlockError(f"unknown MILP solver {solver!r}; choose one of {', '.join(MILP_SOLVERS)}")
     request = {"spec": spec.to_json(), "time_limit": options.time_limit, "workers": options.workers,
-               "solver": solver}
+               "solver": solver, "m": options.m, "known": None if known is None else known.to_json()}
     # Generous: every one of search_period's solves (at most ceil(log2(horizon)) + 1 probes and
-    # a final) taking its whole limit, plus start-up.
-    solves = math.ceil(math.log2(max(2, spec.horizon))) + 3
+    # a final) taking its whole limit, plus start-up; widen's (at most twice its samples) too.
+    solves = math.ceil(math.log2(max(2, spec.horizon))) + 3 + (0 if options.m is None else 2 * WIDEN_SAMPLES)
     reply = ask("synth.block.milp", request, options.time_limit * solves + 60, f"the {solver} MILP search",
                 f"each solve may take only {options.time_limit:g} s")
     return Answer.from_json(reply["answer"])
@@ -93,13 +100,20 @@ def solve_spec_milp(spec: BlockSpec, options: BlockOptions, solver: str) -> Answ
 # --------------------------------------------------------------------------------------- child side
 def main() -> int:
     """The child: read the request on stdin, write ``{"answer": ...}`` or ``{"error": ...}`` on stdout."""
-    return serve(lambda request: {"answer": _search(BlockSpec.from_json(request["spec"]), float(request["time_limit"]),
-                                                   int(request["workers"]), request["solver"]).to_json()})
+    def answer(request: dict) -> dict:
+        known = request.get("known")
+        return {"answer": _search(BlockSpec.from_json(request["spec"]), float(request["time_limit"]),
+                                  int(request["workers"]), request["solver"], request.get("m"),
+                                  None if known is None else Answer.from_json(known)).to_json()}
+
+    return serve(answer)
 
 
-def _search(spec: BlockSpec, time_limit: float, workers: int, solver: str) -> Answer:
-    """``search_period`` with MILP solves of ``time_limit`` seconds each. A probe hands back the
-    block it found, which stands in if the final solve finds nothing in time."""
+def _search(spec: BlockSpec, time_limit: float, workers: int, solver: str, m: int | None = None,
+            known: Answer | None = None) -> Answer:
+    """``search_period`` with MILP solves of ``time_limit`` seconds each, then with ``m``
+    ``widen``. A probe hands back the block it found, which stands in if the final solve finds
+    nothing in time."""
     backend = _backend(solver, time_limit, workers)
 
     def probe(period: int):
@@ -111,10 +125,13 @@ def _search(spec: BlockSpec, time_limit: float, workers: int, solver: str) -> An
     def final(period: int):
         outcome, v = _solve(spec, period, backend, optimize=True)
         if outcome not in _FOUND:
-            return None
+            return False if outcome == "infeasible" else None
         return (outcome == "optimal", *_decode(spec, v))
 
-    return search_period(spec, probe, final, time_limit)
+    answer = search_period(spec, probe, final, time_limit, known)
+    if m is None:
+        return answer
+    return widen(spec, answer, final, int(m), lambda: True, WIDEN_SAMPLES)
 
 
 def _backend(solver: str, time_limit: float, workers: int):
@@ -195,7 +212,8 @@ def add_modular_no_overlap(prob, v: _Vars, spec: BlockSpec, period: int) -> None
         if d > period:  # only optional passes can be: T is at least a rank's mandatory load
             prob += v.present[x] == 0, f"too_long_{x.name}"
             continue
-        lap = prob.add_variable(f"lap_{x.name}", 0, spec.horizon // period + 1, cat=pulp.LpInteger)
+        laps = spec.horizon // period + 1
+        lap = prob.add_variable(f"lap_{x.name}", 0 if x.micro == 0 else -laps, laps, cat=pulp.LpInteger)
         phase[x] = v.start[x] - v.start[spec.anchor(spec.rank[x])] - period * lap
         prob += phase[x] >= 0, f"phase_lo_{x.name}"
         prob += phase[x] <= period - d, f"phase_hi_{x.name}"
@@ -281,6 +299,16 @@ def _budget_row(prob, v: _Vars, spec: BlockSpec, r: int, terms: list, at: Pass |
     prob += pulp.lpSum(terms) <= spec.budget[r] + slack, name
 
 
+def add_symmetry(prob, v: _Vars, spec: BlockSpec, period: int) -> None:
+    """Copy r + 1's stage-0 first forward after copy r's, the last within the period (exact: see
+    ``synth.block.cpsat.add_symmetry``)."""
+    firsts, d = spec.firsts, spec.dur[spec.first]
+    for earlier, later in zip(firsts, firsts[1:], strict=False):
+        prob += v.start[later] >= v.start[earlier] + d, f"symmetry_{later.name}"
+    if len(firsts) > 1:
+        prob += v.start[firsts[-1]] + d <= period, "symmetry_within_period"
+
+
 def add_block_length(prob, v: _Vars, spec: BlockSpec) -> None:
     """``length`` is the block's last end, measured from the first forward (which starts at 0)."""
     prob += v.start[spec.first] == 0, "first_at_zero"
@@ -300,6 +328,7 @@ def _model(spec: BlockSpec, period: int, optimize: bool):
     add_precedences(prob, v, spec)
     add_modular_no_overlap(prob, v, spec, period)
     add_memory_cap(prob, v, spec, period)
+    add_symmetry(prob, v, spec, period)
     add_block_length(prob, v, spec)
     objective = v.length * spec.choice_weight + pulp.lpSum(v.choice.values())  # length, then fewest choices
     prob.setObjective(objective if optimize else 0 * v.length)  # probes: feasibility only

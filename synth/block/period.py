@@ -3,11 +3,13 @@
 `search_period` finds the smallest period with a block (galloping up from the per-rank load,
 then bisecting) and the shortest block there, given a solver's feasibility probe and final solve.
 `least_memory` and `sequential_block` describe the one block every cap of at least its memory
-admits: one microbatch at a time, freeing as soon as it can.
+admits: one microbatch at a time, freeing as soon as it can (with u copies, the copies one
+period of the one-microbatch block apart). The objective that sees m is ``synth.block.objective``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +32,13 @@ class Answer:
     probes: tuple[tuple[int, bool], ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"period": self.period, "offsets": [[x.stage, x.slice, x.op.value, t] for x, t in self.offsets.items()],
+        return {"period": self.period, "offsets": [[*x.key(), t] for x, t in self.offsets.items()],
                 "variants": {str(s): v for s, v in self.variants.items()}, "proven": self.proven,
                 "probes": [list(pr) for pr in self.probes]}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Answer:
-        return cls(obj["period"], {Pass(s, j, Op(op)): t for s, j, op, t in obj["offsets"]},
+        return cls(obj["period"], {Pass.from_key(row[:-1]): row[-1] for row in obj["offsets"]},
                    {int(s): v for s, v in obj["variants"].items()}, obj["proven"],
                    tuple((int(t), bool(f)) for t, f in obj["probes"]))
 
@@ -50,7 +52,8 @@ def search_period(spec: BlockSpec, probe, final, time_limit: float, known: Answe
         probe: ``probe(period)`` returns True, False or None (the solver ran out of time; counted
             as infeasible, and the answer is then not proven), or ``(True, (offsets, variants))``
             with the block it found, which stands in if the final solve finds nothing in time.
-        final: ``final(period) -> (optimal, offsets, variants) | None`` minimizing the block length.
+        final: ``final(period) -> (optimal, offsets, variants)`` minimizing the block length, or
+            False (proven infeasible) or None (nothing found in time).
         time_limit: seconds per block, for the error message.
         known: a block already known to satisfy ``spec`` (the answer of a stricter model): only
             smaller periods are searched, and it stands in if nothing smaller is found.
@@ -97,12 +100,16 @@ def search_period(spec: BlockSpec, probe, final, time_limit: float, known: Answe
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
     if hi == spec.max_period and hi not in found:  # no probe found a block: run one pass at a time
-        found[hi] = sequential_block(spec)
+        offsets, variants = sequential_block(spec)
+        if spec.budget is None or all(held <= room for held, room in zip(
+                spec.units_held(hi, offsets, variants), spec.budget, strict=True)):
+            found[hi] = (offsets, variants)  # (the ceil model may refuse it with u > 1 copies)
     result = final(hi)
-    if result is None and hi in found:
+    if not result and hi in found:
         result = (False, *found[hi])
-    if result is None:
-        raise BlockError(f"no block was found in {time_limit:g} s; raise --time-limit")
+    if not result:
+        raise BlockError(f"no block was found in {time_limit:g} s (or none fits this memory model); "
+                         "raise --time-limit")
     optimal, offsets, variants = result
     return Answer(hi, offsets, variants, proven and optimal, tuple(probes))
 
@@ -112,13 +119,19 @@ def least_memory(spec: BlockSpec) -> tuple[float, ...]:
     one at a time in the order that frees soonest (forwards in stage order, each OFFLOAD right after
     its F; then per stage in reverse RELOAD, R, B, W), and per rank the cheapest combination of
     its stages' allowed variants. A cap of at least the largest of these admits a block
-    (`sequential_block`)."""
-    return _least(spec)[0]
+    (`sequential_block`). With u copies the same (copy 0's data): no block holds less."""
+    return _least(spec.single())[0]
 
 
 def sequential_block(spec: BlockSpec) -> tuple[dict[Pass, int], dict[int, str]]:
     """The block of `least_memory`: passes one at a time in that order (each as early as its
-    edges allow), with the cheapest variants; it is no longer than ``spec.max_period``."""
+    edges allow), with the cheapest variants; it is no longer than ``spec.max_period``. With u
+    copies, copy r runs it ``r`` one-microbatch periods later (the same periodic schedule)."""
+    if spec.group > 1:
+        one = spec.single()
+        offsets, variants = sequential_block(one)
+        return {dataclasses.replace(x, micro=r): t + r * one.max_period
+                for r in range(spec.group) for x, t in offsets.items()}, variants
     variants = _least(spec)[1]
     offsets, t = {}, 0
     for x in _sequential_order(spec, variants):

@@ -3,10 +3,13 @@
 Everything the block model needs is computed here once, in integer ticks and integer memory
 units, from ``ir.Costs``, the placement and the options: the passes and their durations, the
 precedences (DESIGN.md's dependency list for one microbatch, with comm latency), the lifespans
-that hold memory and their byte weights, and each rank's budget. ``synth.block.cpsat`` turns it into
-a CP-SAT model; ``synth.block.milp`` turns the same data into a MILP (PuLP, HiGHS or CBC) in another
-process, which is why the data round-trips through JSON. Neither solver sees the costs again, so
-the two models cannot drift apart. The period search both solvers run is ``synth.block.period``.
+that hold memory and their byte weights, and each rank's budget. A block of u microbatches holds
+u copies of all of it (``Pass.micro``), one microbatch's chain each. The vocabulary (options,
+passes, lifespans) is ``synth.block.passes``; the time and memory resolution ``synth.block.ticks``.
+``synth.block.cpsat`` turns the data into a CP-SAT model; ``synth.block.milp`` turns the same data
+into a MILP (PuLP, HiGHS or CBC) in another process, which is why the data round-trip through
+JSON. Neither solver sees the costs again, so the two models cannot drift apart. The period
+search both solvers run is ``synth.block.period``.
 
 Recompute and offload are offered only without sequence slices (k = 1): a recomputed slice
 would need the K/V of earlier slices, which a recomputed earlier slice has not rebuilt yet.
@@ -14,73 +17,16 @@ would need the K/V of earlier slices, which a recomputed earlier slice has not r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir import Action, Costs, Op, Placement
+from ir import Costs, Op, Placement
+from synth.block import ticks
+from synth.block.passes import MAX_GROUP, BlockError, BlockOptions, Lifespan, Pass
 
-__all__ = ["BlockError", "BlockOptions", "BlockSpec", "Lifespan", "Pass", "block_spec"]
-
-
-class BlockError(ValueError):
-    """No building block satisfies the options (e.g. a cap below every block's memory)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BlockOptions:
-    """What the block model may do.
-
-    Attributes:
-        split_backward: B and W as separate passes (else one BW pass).
-        recompute: the solver may recompute a stage (k = 1 only).
-        offload: the solver may offload a stage's activations to host (k = 1 only).
-        mem_cap: bytes per rank, or ``None`` for no cap.
-        ticks: target ticks for the longest pass (time resolution; durations round up).
-        time_limit: seconds for the whole block search (CP-SAT), or for each solve (MILP).
-        workers: CP-SAT search workers (threads for HiGHS/CBC).
-        memory: "exact" (the periodic memory curve at every allocation instant) or "ceil" (the
-            Controllable Memory paper's bound: each lifespan counts ceil(lifespan / T) times).
-    """
-
-    split_backward: bool = True
-    recompute: bool = False
-    offload: bool = False
-    mem_cap: float | None = None
-    ticks: int = 60
-    time_limit: float = 2.0
-    workers: int = 2
-    memory: str = "exact"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Pass:
-    """One pass of the block: ``op`` of stage ``stage``, slice ``slice`` (microbatch 0)."""
-
-    stage: int
-    slice: int
-    op: Op
-
-    def action(self, microbatch: int = 0) -> Action:
-        return Action(self.op, self.stage, microbatch, self.slice)
-
-    @property
-    def name(self) -> str:
-        return f"s{self.stage}_j{self.slice}_{self.op.value}"
-
-
-@dataclass(frozen=True, slots=True)
-class Lifespan:
-    """``units`` of memory held on ``rank`` from the start of ``begin`` to the end of ``end``,
-    in the variant ``variant`` of stage ``stage``: "keep" (neither recomputed nor offloaded),
-    "recompute" or "offload"."""
-
-    rank: int
-    stage: int
-    variant: str
-    begin: Pass
-    end: Pass
-    units: int
+__all__ = ["MAX_GROUP", "BlockError", "BlockOptions", "BlockSpec", "Lifespan", "Pass", "block_spec"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +55,10 @@ class BlockSpec:
         exact: no rounding was needed: every duration and latency is a whole number of ticks and
             every byte count a whole number of memory units, so a bound proven on this data holds
             for the costs themselves (else the data round up and bounds hold for the model only).
+        group: u, the copies of every pass (``Pass.micro`` in 0..u-1); edges and lifespans are per
+            copy, the stages' recompute/offload choices are shared by the copies.
+        rounding: the largest ``rounded - real`` over pass durations and the latencies the model
+            pays, in cost units (0 when time is exact; memory rounding is only in ``exact``).
     """
 
     p: int
@@ -130,11 +80,32 @@ class BlockSpec:
     max_period: int = 0
     memory: str = "exact"
     exact: bool = False
+    group: int = 1
+    rounding: float = 0.0
 
     @property
     def first(self) -> Pass:
-        """The block's first pass: stage 0's forward of slice 0, at tick 0."""
+        """The block's first pass: stage 0's forward of slice 0 of copy 0, at tick 0."""
         return Pass(0, 0, Op.F)
+
+    @property
+    def firsts(self) -> tuple[Pass, ...]:
+        """Stage 0's forward of slice 0 of each copy: they start in copy order within one period
+        (the symmetry the models break; any periodic schedule can be relabelled so)."""
+        return tuple(Pass(0, 0, Op.F, r) for r in range(self.group))
+
+    def single(self) -> BlockSpec:
+        """The same data for copy 0 alone (a one-microbatch block)."""
+        if self.group == 1:
+            return self
+        mine = {x for x in self.dur if x.micro == 0}
+        max_period = self.max_period // self.group
+        return dataclasses.replace(
+            self, dur={x: d for x, d in self.dur.items() if x in mine}, rank={x: self.rank[x] for x in mine},
+            copy=self.copy & mine, optional={x: k for x, k in self.optional.items() if x in mine},
+            edges=tuple(e for e in self.edges if e[0] in mine),
+            lifespans=tuple(s for s in self.lifespans if s.begin in mine),
+            horizon=max_period * (len(mine) + 1), max_period=max_period, group=1)
 
     def anchor(self, rank: int) -> Pass:
         """The rank's first forward, which starts no later than any other pass on the rank."""
@@ -202,30 +173,31 @@ class BlockSpec:
 
     # ------------------------------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
-        """Plain data (passes as ``[stage, slice, op]``) for the MILP process."""
-        def key(x: Pass) -> list:
-            return [x.stage, x.slice, x.op.value]
+        """Plain data for the MILP process: passes as ``[stage, slice, op]`` (``[..., micro]`` for
+        copies after the first), so one-microbatch data read as before."""
+        def row(x: Pass, d: int) -> list:
+            return [x.stage, x.slice, x.op.value, d, self.rank[x], x in self.copy, self.optional.get(x)] + (
+                [x.micro] if x.micro else [])
 
         return {
             "p": self.p, "num_stages": self.num_stages, "split_backward": self.split_backward,
             "tick": self.tick, "mem_unit": self.mem_unit,
-            "passes": [[*key(x), d, self.rank[x], x in self.copy, self.optional.get(x)] for x, d in self.dur.items()],
+            "passes": [row(x, d) for x, d in self.dur.items()],
             "choices": {str(s): list(c) for s, c in self.choices.items()},
-            "edges": [[key(a), key(b), g] for a, b, g in self.edges],
-            "lifespans": [[s.rank, s.stage, s.variant, key(s.begin), key(s.end), s.units] for s in self.lifespans],
+            "edges": [[a.key(), b.key(), g] for a, b, g in self.edges],
+            "lifespans": [[s.rank, s.stage, s.variant, s.begin.key(), s.end.key(), s.units] for s in self.lifespans],
             "budget": None if self.budget is None else list(self.budget), "static": list(self.static),
-            "horizon": self.horizon, "anchors": {str(r): key(x) for r, x in self.anchors.items()},
+            "horizon": self.horizon, "anchors": {str(r): x.key() for r, x in self.anchors.items()},
             "max_period": self.max_period, "memory": self.memory, "exact": self.exact,
+            "group": self.group, "rounding": self.rounding,
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> BlockSpec:
-        def pass_(v: list) -> Pass:
-            return Pass(int(v[0]), int(v[1]), Op(v[2]))
-
+        pass_ = Pass.from_key
         dur, rank, copy, optional = {}, {}, set(), {}
-        for stage, slice_, op, d, r, on_copy, kind in obj["passes"]:
-            x = Pass(stage, slice_, Op(op))
+        for stage, slice_, op, d, r, on_copy, kind, *micro in obj["passes"]:
+            x = Pass(stage, slice_, Op(op), int(micro[0]) if micro else 0)
             dur[x], rank[x] = d, r
             if on_copy:
                 copy.add(x)
@@ -238,13 +210,14 @@ class BlockSpec:
             tuple(Lifespan(r, s, v, pass_(b), pass_(e), u) for r, s, v, b, e, u in obj["lifespans"]),
             None if obj["budget"] is None else tuple(obj["budget"]), tuple(obj["static"]), obj["horizon"],
             {int(r): pass_(x) for r, x in obj["anchors"].items()}, obj["max_period"], obj["memory"],
-            bool(obj.get("exact", False)),
+            bool(obj.get("exact", False)), int(obj.get("group", 1)), float(obj.get("rounding", 0.0)),
         )
 
 
 # ---------------------------------------------------------------------------------------- build
 def block_spec(costs: Costs, placement: Placement, options: BlockOptions, *, rounded: bool = True) -> BlockSpec:
-    """The integer data of the block model for these costs, placement and options.
+    """The integer data of the block model for these costs, placement and options (``options.group``
+    copies of every pass).
 
     With ``rounded=False`` the same data come unrounded (tick = one cost unit, memory unit = one
     byte, durations and bytes as floats): the problem itself, for analytic bounds on real costs.
@@ -259,34 +232,23 @@ def block_spec(costs: Costs, placement: Placement, options: BlockOptions, *, rou
     if (options.recompute or options.offload) and costs.k > 1:
         raise BlockError("recompute and offload are offered only without sequence slices (k = 1)")
     split = options.split_backward
-    ops = [Op.F, Op.B, Op.W] if split else [Op.F, Op.BW]
-    raw: dict[Pass, float] = {}
-    optional: dict[Pass, str] = {}
-    for s in range(costs.num_stages):
-        for j in range(costs.k):
-            for op in ops:
-                raw[Pass(s, j, op)] = costs.duration(Pass(s, j, op).action())
-            if options.recompute:
-                raw[Pass(s, j, Op.R)] = costs.duration(Pass(s, j, Op.R).action())
-                optional[Pass(s, j, Op.R)] = "recompute"
-            if options.offload:
-                for op in (Op.OFFLOAD, Op.RELOAD):
-                    raw[Pass(s, j, op)] = costs.duration(Pass(s, j, op).action())
-                    optional[Pass(s, j, op)] = "offload"
-    tick = _tick([d for d in raw.values() if d > 0], options.ticks) if rounded else 1.0
-    up = _round_up if rounded else _as_is
+    raw, optional = _raw_durations(costs, options)
+    latency = {(s, j): costs.unit(s, j).comm for s in range(costs.num_stages - 1) for j in range(costs.k)
+               if placement.rank_of(s) != placement.rank_of(s + 1)}  # the same rank pays none
+    positive = [d for d in raw.values() if d > 0]
+    paid = [c for c in latency.values() if c > 0]
+    try:
+        tick = ticks.tick(positive, paid, options.ticks) if rounded else 1.0
+    except ValueError:
+        raise BlockError("every pass takes zero time; give the costs durations") from None
+    up = ticks.round_up if rounded else _as_is
     dur = {x: max(1, up(d / tick)) if d > 0 and rounded else up(d / tick) for x, d in raw.items()}
-    rank = {x: placement.rank_of(x.stage) for x in dur}
-    copy = frozenset(x for x in dur if x.op in (Op.OFFLOAD, Op.RELOAD))
-    comm = {}
-    for s in range(costs.num_stages - 1):
-        crosses = placement.rank_of(s) != placement.rank_of(s + 1)
-        for j in range(costs.k):
-            comm[(s, j)] = up(costs.unit(s, j).comm / tick) if crosses else 0
+    comm = {(s, j): up(latency[(s, j)] / tick) if (s, j) in latency else 0
+            for s in range(costs.num_stages - 1) for j in range(costs.k)}
     choices = {s: tuple(v for v, on in (("recompute", options.recompute), ("offload", options.offload)) if on)
                for s in range(costs.num_stages)}
     sizes = [x for row in costs.units for u in row for x in (u.act, u.wact, u.act - u.wact, u.inp) if x > 0]
-    mem_unit = _tick(sizes, 1000) if sizes and rounded else 1.0
+    mem_unit = ticks.mem_unit(sizes) if rounded else 1.0
     static = tuple(float(costs.static_of(r)) for r in range(placement.p))
     budget = None
     if options.mem_cap is not None:
@@ -294,43 +256,56 @@ def block_spec(costs: Costs, placement: Placement, options: BlockOptions, *, rou
         budget = tuple(math.floor(x + 1e-9) if rounded else x for x in room)
     # A block may need idle gaps (modular no-overlap), so starts get room for a gap of up to the
     # longest period searched before every pass; with starts bounded by the sequential length
-    # alone, feasibility would jump around in T (found by the MILP twin's cross-check).
-    max_period = sum(dur.values()) + 2 * sum(comm.values()) + 1
-    horizon = max_period * (len(dur) + 1)
+    # alone, feasibility would jump around in T (found by the MILP twin's cross-check). With u
+    # copies the longest is u one-microbatch blocks one after another.
+    u = options.group
+    max_period = u * (sum(dur.values()) + 2 * sum(comm.values()) + 1)
+    horizon = max_period * (u * len(dur) + 1)
     anchors = {r: Pass(placement.stages_of(r)[0], 0, Op.F) for r in range(placement.p)}
     spans = _lifespans(costs, placement, split, options, mem_unit, up)
-    latencies = [costs.unit(s, j).comm for s in range(costs.num_stages - 1) for j in range(costs.k)]
-    exact = all(_whole(x / tick) for x in [*raw.values(), *latencies]) and all(_whole(x / mem_unit) for x in sizes)
+    edges = _edges(dur, comm, costs.num_stages, costs.k, split)
+    rounding = (max(ticks.rounding(positive, tick, at_least_one=True), ticks.rounding(paid, tick))
+                if rounded else 0.0)
+    exact = rounding == 0.0 and all(ticks.whole(x / mem_unit) for x in sizes)
+    dur, optional, edges, spans = _copies(u, dur, optional, edges, spans)
+    rank = {x: placement.rank_of(x.stage) for x in dur}
+    copy = frozenset(x for x in dur if x.op in (Op.OFFLOAD, Op.RELOAD))
     return BlockSpec(placement.p, costs.num_stages, split, tick, mem_unit, dur, rank, copy, optional, choices,
-                     _edges(dur, comm, costs.num_stages, costs.k, split), spans, budget, static, horizon, anchors,
-                     max_period, options.memory, exact)
+                     edges, spans, budget, static, horizon, anchors, max_period, options.memory, exact, u, rounding)
 
 
-def _round_up(x: float) -> int:
-    return math.ceil(x - 1e-9)
+def _raw_durations(costs: Costs, options: BlockOptions) -> tuple[dict[Pass, float], dict[Pass, str]]:
+    """Every possible pass of one microbatch with its duration in cost units, and the optional ones."""
+    ops = [Op.F, Op.B, Op.W] if options.split_backward else [Op.F, Op.BW]
+    raw: dict[Pass, float] = {}
+    optional: dict[Pass, str] = {}
+    for s in range(costs.num_stages):
+        for j in range(costs.k):
+            extra = ([(Op.R, "recompute")] if options.recompute else []) + (
+                [(Op.OFFLOAD, "offload"), (Op.RELOAD, "offload")] if options.offload else [])
+            for op, kind in [(op, None) for op in ops] + extra:
+                raw[Pass(s, j, op)] = costs.duration(Pass(s, j, op).action())
+                if kind:
+                    optional[Pass(s, j, op)] = kind
+    return raw, optional
+
+
+def _copies(u: int, dur: dict[Pass, int], optional: dict[Pass, str], edges: tuple, spans: tuple[Lifespan, ...]):
+    """One microbatch's data repeated for copies 0..u-1 (edges and lifespans within each copy)."""
+    if u == 1:
+        return dur, optional, edges, spans
+
+    def at(x: Pass, r: int) -> Pass:
+        return dataclasses.replace(x, micro=r)
+
+    return ({at(x, r): d for r in range(u) for x, d in dur.items()},
+            {at(x, r): k for r in range(u) for x, k in optional.items()},
+            tuple((at(a, r), at(b, r), g) for r in range(u) for a, b, g in edges),
+            tuple(dataclasses.replace(s, begin=at(s.begin, r), end=at(s.end, r)) for r in range(u) for s in spans))
 
 
 def _as_is(x: float) -> float:
     return x
-
-
-def _whole(x: float) -> bool:
-    return abs(x - round(x)) <= 1e-9 * max(1.0, abs(x))
-
-
-def _tick(durations: list[float], target: int) -> float:
-    """Cost units per tick: exact when all durations are multiples of a common base that keeps the
-    longest within ``4 * target`` ticks (unit costs: 1), else ``longest / target`` (durations then
-    round up, so the block's times never undercut the real ones)."""
-    if not durations:
-        raise BlockError("every pass takes zero time; give the costs durations")
-    longest = max(durations)
-    micro = [round(d * 1e6) for d in durations]
-    if all(abs(m - d * 1e6) < 1e-3 for m, d in zip(micro, durations, strict=True)):
-        base = math.gcd(*micro) / 1e6
-        if longest / base <= 4 * target:
-            return base
-    return longest / target
 
 
 def _edges(dur: dict[Pass, int], comm: dict[tuple[int, int], int], num_stages: int, k: int,
@@ -365,7 +340,7 @@ def _edges(dur: dict[Pass, int], comm: dict[tuple[int, int], int], num_stages: i
 
 
 def _lifespans(costs: Costs, placement: Placement, split: bool, options: BlockOptions,
-               mem_unit: float, up=_round_up) -> tuple[Lifespan, ...]:
+               mem_unit: float, up=ticks.round_up) -> tuple[Lifespan, ...]:
     """Per unit and variant, the spans that hold memory (DESIGN.md's memory table).
 
     keep: act - wact from F to B and wact from F to W (act from F to BW); recompute: inp from F to

@@ -1,7 +1,9 @@
 """Tile a building block into a complete `Schedule` for m microbatches, then squeeze it.
 
-Microbatch i runs pass x at ``offset[x] + i T``. `tile` gives each rank its passes of all
-microbatches sorted by that time; ``ir.simulate`` runs them as soon as possible in that order,
+Microbatch ``i = q u + r`` runs copy r's pass x at ``offset[x] + q T`` (u = ``block.group``; when m is
+not a multiple of u the last round simply lacks its missing microbatches: dependencies stay within
+a microbatch, so the order stays valid and memory only drops). `tile` gives each rank its passes
+of all microbatches sorted by that time; ``ir.simulate`` runs them as soon as possible in that order,
 which already pulls the warm-up together (a rank idle at the start runs its forwards earlier).
 Sorting by block time respects every dependency (the block's times do), so the program is valid
 for any m >= 1; ``ir.verify`` checks it anyway.
@@ -20,28 +22,32 @@ from __future__ import annotations
 
 from ir import Action, Costs, Op, Placement, Schedule, Timeline, simulate
 from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
+from ir.simulate import run_timeline
 from ir.verify import MEMORY_RTOL
 from synth.block.cpsat import Block
+from synth.block.objective import ORDER as _ORDER
 
 __all__ = ["squeeze", "squeeze_timed", "tile"]
 
-# At equal times (possible only across a rank's two streams) a copy op goes after compute.
-_ORDER = {Op.F: 0, Op.R: 1, Op.B: 2, Op.BW: 2, Op.W: 3, Op.OFFLOAD: 4, Op.RELOAD: 5}
 _ALLOCATES = frozenset({Op.F, Op.R, Op.RELOAD})
 
 
 def tile(block: Block, placement: Placement, m: int, k: int = 1, **meta) -> Schedule:
-    """The schedule of ``m`` microbatches repeating ``block`` every ``block.period`` ticks."""
+    """The schedule of ``m`` microbatches repeating ``block`` (``block.group`` of them) every
+    ``block.period`` ticks."""
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"microbatches must be a positive integer, got {m!r}")
+    u = block.group
     timed: list[list[tuple[int, int, Action]]] = [[] for _ in range(placement.p)]
     for x, offset in block.offsets.items():
         rank = placement.rank_of(x.stage)
-        for i in range(m):
-            timed[rank].append((offset + i * block.period, _ORDER[x.op], Action(x.op, x.stage, i, x.slice)))
+        for q in range(-(-m // u)):
+            i = q * u + x.micro
+            if i < m:
+                timed[rank].append((offset + q * block.period, _ORDER[x.op], Action(x.op, x.stage, i, x.slice)))
     ranks = [[action for _, _, action in sorted(items)] for items in timed]
     return Schedule(placement, m, ranks, k=k, meta={"made_by": "synth.block.cpsat", "period_ticks": block.period,
-                                                     "tick": block.tick, **meta})
+                                                     "group": u, "tick": block.tick, **meta})
 
 
 def squeeze(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> Schedule:
@@ -64,14 +70,17 @@ def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None
     if mem_cap is not None:  # forwards may run ahead into part or all of the headroom
         rules = [(tuple(mem_cap for _ in peak), False)] + [
             (tuple(x + share * (mem_cap - x) for x in peak), True) for share in (0.5, 1.0)]
+    prepared = _prepare(schedule, costs)  # shared by every rule: the program's dependencies and memory
     for limit, ahead in rules:
         try:
-            ranks = _list_schedule(schedule, costs, limit, ahead)
+            ranks = _list_schedule(schedule, costs, limit, ahead, prepared)
         except RuntimeError:
             continue
         candidate = Schedule(schedule.placement, schedule.m, ranks, k=schedule.k,
                              meta={**schedule.meta, "squeezed": True})
-        timeline = simulate(candidate, costs)
+        # The list scheduler ran this order with the program's own dependencies, so it is complete
+        # and deadlock-free: only the timing pass runs (the search re-verifies what it reports).
+        timeline = run_timeline(candidate, costs, ProgramIndex(candidate))
         within = all(a <= (b if mem_cap is None else mem_cap) * (1 + MEMORY_RTOL)
                      for a, b in zip(timeline.peak, peak, strict=True))
         if within and timeline.makespan < best[1].makespan - 1e-9:
@@ -79,20 +88,32 @@ def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None
     return best
 
 
-def _list_schedule(schedule: Schedule, costs: Costs, limit: tuple[float, ...], ahead: bool) -> list[list[Action]]:
+def _prepare(schedule: Schedule, costs: Costs) -> tuple[dict, dict, dict, dict, dict]:
+    """Per action of ``schedule``: its dependency edges, the bytes it allocates, its net memory
+    delta and its duration; and per action, the ranks with an action that depends on it."""
     ix = ProgramIndex(schedule)
-    deps = {a: dependencies(a, ix) for _, _, a in schedule.actions()}
-    grows = {a: sum(d for _, d in memory_effects(a, ix, costs) if d > 0) for _, _, a in schedule.actions()}
-    todo = [list(prog) for prog in schedule.ranks]
-    out: list[list[Action]] = [[] for _ in schedule.ranks]
-    free_at = [{stream: 0.0 for stream in ("compute", "copy")} for _ in range(schedule.p)]
-    held = [float(costs.static_of(r)) for r in range(schedule.p)]
-    span = [3 * len(schedule.placement.stages_of(r)) * schedule.k * (schedule.p + 1) for r in range(schedule.p)]
+    actions = [a for _, _, a in schedule.actions()]
+    deps = {a: dependencies(a, ix) for a in actions}
+    effects = {a: memory_effects(a, ix, costs) for a in actions}
+    grows = {a: sum(d for _, d in effects[a] if d > 0) for a in actions}
+    delta = {a: sum(d for _, d in effects[a]) for a in actions}
+    duration = {a: costs.duration(a) for a in actions}
     waiting: dict[Action, set[int]] = {}  # an action -> the ranks with an action that depends on it
     for r, prog in enumerate(schedule.ranks):
         for action in prog:
             for edge in deps[action]:
                 waiting.setdefault(edge.pred, set()).add(r)
+    return deps, grows, delta, duration, waiting
+
+
+def _list_schedule(schedule: Schedule, costs: Costs, limit: tuple[float, ...], ahead: bool,
+                   prepared: tuple | None = None) -> list[list[Action]]:
+    deps, grows, delta, duration, waiting = prepared or _prepare(schedule, costs)
+    todo = [list(prog) for prog in schedule.ranks]
+    out: list[list[Action]] = [[] for _ in schedule.ranks]
+    free_at = [{stream: 0.0 for stream in ("compute", "copy")} for _ in range(schedule.p)]
+    held = [float(costs.static_of(r)) for r in range(schedule.p)]
+    span = [3 * len(schedule.placement.stages_of(r)) * schedule.k * (schedule.p + 1) for r in range(schedule.p)]
     end: dict[Action, float] = {}
     picks: list = [None] * schedule.p
     dirty = set(range(schedule.p))
@@ -106,9 +127,9 @@ def _list_schedule(schedule: Schedule, costs: Costs, limit: tuple[float, ...], a
         start, r, i = best
         action = todo[r].pop(i)
         dirty = {r} | waiting.get(action, set())
-        end[action] = start + costs.duration(action)
+        end[action] = start + duration[action]
         free_at[r][action.op.stream.value] = end[action]
-        held[r] += sum(delta for _, delta in memory_effects(action, ix, costs))
+        held[r] += delta[action]
         out[r].append(action)
     return out
 

@@ -3,8 +3,9 @@
 ``synth [options]`` synthesizes the fastest schedule that fits a memory cap (``synth.cli.commands``);
 ``synth compare`` lists every candidate; ``synth baselines`` lists the schedule library;
 ``synth show FILE`` (or ``--baseline NAME -p P -m M``) verifies and simulates a schedule with
-uniform per-full-stage costs, prints its summary, and optionally draws it; ``synth costs``
-prints the cost model's table; ``synth run`` executes a schedule with torch.distributed.
+uniform per-full-stage costs (``--f --b --w --comm``) or a user's ``--costs FILE``
+(``synth.costs.user``), prints its summary, and optionally draws it; ``synth costs`` prints the
+cost model's table, or the costs file's; ``synth run`` executes a schedule with torch.distributed.
 """
 
 from __future__ import annotations
@@ -31,15 +32,32 @@ def _load(args: argparse.Namespace):
     return read_torch_csv(args.file) if args.file.suffix.lower() == ".csv" else load(args.file)
 
 
+_SHOW_COSTS = {"f": 1.0, "b": 1.0, "w": 1.0, "comm": 0.0}
+
+
+def _show_costs(args: argparse.Namespace, schedule):
+    """The costs ``synth show`` simulates with, and the line that says what they are."""
+    if args.costs is None:
+        costs = even_split_costs(schedule, f=args.f, b=args.b, w=args.w, comm=args.comm)
+        return costs, (f"costs per full stage: F={args.f:g} B={args.b:g} W={args.w:g} comm={args.comm:g}; "
+                       "memory in full-stage activations")
+    given = [f"--{name}" for name, default in _SHOW_COSTS.items() if getattr(args, name) != default]
+    if given:
+        raise ValueError(f"--costs {args.costs} gives the costs; drop {', '.join(given)}")
+    from synth.costs.user import costs_for, read_user_costs
+
+    user = read_user_costs(args.costs, schedule.p)
+    return costs_for(user, schedule.placement, schedule.k), user.describe()
+
+
 def _show(args: argparse.Namespace) -> int:
     schedule = _load(args)  # simulate runs verify's structural rules itself
-    costs = even_split_costs(schedule, f=args.f, b=args.b, w=args.w, comm=args.comm)
+    costs, described = _show_costs(args, schedule)
     timeline = simulate(schedule, costs)
     label = args.baseline or args.file
     print(f"{label}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "
           f"placement={schedule.placement.kind.value}")
-    print(f"costs per full stage: F={args.f:g} B={args.b:g} W={args.w:g} comm={args.comm:g}; "
-          "memory in full-stage activations")
+    print(described)
     print(timeline.summary())
     if args.plot:
         from ir.plot import plot_timeline
@@ -55,7 +73,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _costs(args: argparse.Namespace) -> int:
-    from synth.costs.args import problem_from_args
+    from synth.costs.args import placement_for, problem_from_args, user_costs_from_args
+
+    if args.costs is not None:
+        from synth.costs.user import user_costs_report
+
+        placement = placement_for(args.placement, args.stages, v=args.chunks, waves=args.chunks)
+        m = args.microbatches or 4 * args.stages
+        print(user_costs_report(user_costs_from_args(args), placement, args.slices, m))
+        return 0
     from synth.costs.report import costs_report
 
     print(costs_report(problem_from_args(args)))
@@ -110,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--baseline", help="build this library schedule instead of reading a file")
     show.add_argument("-p", "--ranks", type=int, default=4, help="ranks, with --baseline (default 4)")
     show.add_argument("-m", "--microbatches", type=int, default=8, help="microbatches, with --baseline (default 8)")
-    for name, default in (("f", 1.0), ("b", 1.0), ("w", 1.0), ("comm", 0.0)):
+    for name, default in _SHOW_COSTS.items():
         show.add_argument(f"--{name}", type=float, default=default,
                           help=f"{name} time per full stage (default {default:g})")
+    show.add_argument("--costs", type=Path, metavar="COSTS",
+                      help="per-full-stage costs from a JSON file (as for 'synth --costs') instead of --f --b --w "
+                           "--comm; memory then in the file's unit")
     show.add_argument("--plot", type=Path, help="write a Gantt PNG here")
     show.add_argument("--trace", type=Path, help="write a Chrome trace JSON here")
     show.add_argument("--force", action="store_true", help="overwrite existing output files")
-    costs = sub.add_parser("costs", help="per-stage times and memory of a model on a GPU (the cost model)")
+    costs = sub.add_parser("costs", help="per-stage times and memory of a model on a GPU (the cost model), or of a "
+                                         "--costs FILE split over the placement")
     add_problem_arguments(costs)
     compare = sub.add_parser("compare", help="every baseline and the synthesized schedules on one problem, best first")
     from synth.cli.commands import add_synth_arguments

@@ -1,5 +1,10 @@
 """The command-line options that describe a problem (model, GPU, shape, placement), shared by every
-``synth`` subcommand that builds one."""
+``synth`` subcommand that builds one.
+
+The costs come from the cost model (``--model``, ``--gpu`` and the model's options) or, with
+``--costs FILE``, from per-stage numbers a user measured (``synth.costs.user``); the two exclude
+each other, and `check_costs_options` says which options to drop.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,18 @@ from ir import Placement
 from synth.costs.hardware import HARDWARE, hardware
 from synth.costs.problem import Partition, Problem, Slicing, Training, build_problem
 from synth.costs.spec import PRESETS, CostModelError, TransformerSpec, preset, spec_from_hf_config
+from synth.costs.user import UserCosts, read_user_costs
 from synth.sizes import parse_size
 
-__all__ = ["add_problem_arguments", "placement_for", "problem_from_args", "resolve_model"]
+__all__ = ["PLACEMENT_KINDS", "add_problem_arguments", "check_costs_options", "placement_for", "placements_from_args",
+           "problem_from_args", "resolve_model", "user_costs_from_args"]
+
+PLACEMENT_KINDS = ("standard", "interleaved", "v", "waves")
+# The options that describe a model for the cost model, with their defaults: with --costs FILE
+# none of them means anything, so any that differs from its default is refused.
+MODEL_OPTIONS = {"model": "llama2-13b", "gpu": "a100-40gb", "seq_len": None, "micro_batch_size": None,
+                 "partition": Partition.BALANCED.value, "slicing": Slicing.BALANCED.value, "efficiency": None,
+                 "dp": 1, "zero1": False, "reserved": 0.0}
 
 
 def resolve_model(model: str, **changes) -> TransformerSpec:
@@ -65,18 +79,41 @@ def _size(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _placement_list(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    bad = [kind for kind in kinds if kind not in ("auto", *PLACEMENT_KINDS)]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown placement {', '.join(bad) or repr(text)}; use auto or "
+                                         f"{', '.join(PLACEMENT_KINDS)}, comma-separated for several")
+    return kinds
+
+
 def add_problem_arguments(parser: argparse.ArgumentParser, *, stages_default: int = 8,
-                          microbatches_default: int | None = None) -> None:
-    """Add --model, --gpu, --stages, --placement, --seq-len, --micro-batch-size, --microbatches,
-    --slices, --partition, --slicing, --efficiency, --dp, --zero1 and --reserved."""
+                          microbatches_default: int | None = None, several_placements: bool = False) -> None:
+    """Add --costs, --model, --gpu, --stages, --placement, --chunks, --seq-len, --micro-batch-size,
+    --microbatches, --slices, --partition, --slicing, --efficiency, --dp, --zero1 and --reserved.
+    With ``several_placements``, --placement takes auto (the default) or a list of kinds: read it
+    with `placements_from_args`."""
     group = parser.add_argument_group("problem")
-    group.add_argument("--model", default="llama2-13b",
+    group.add_argument("--costs", type=Path, metavar="FILE",
+                       help="per-full-stage costs you measured, a JSON object with f, b, w, act, wact, comm and "
+                            "optionally inp, static, offload (each a number or one per rank), instead of --model "
+                            "and --gpu; times in ms, memory in the file's own unit (then --mem-cap is a plain "
+                            "number in that unit); no 'offload' field: offload is not offered")
+    group.add_argument("--model", default=MODEL_OPTIONS["model"],
                        help=f"a preset ({', '.join(PRESETS)}) or a Hugging Face config.json (default llama2-13b)")
-    group.add_argument("--gpu", default="a100-40gb", choices=sorted(HARDWARE), help="GPU preset (default a100-40gb)")
+    group.add_argument("--gpu", default=MODEL_OPTIONS["gpu"], choices=sorted(HARDWARE),
+                       help="GPU preset (default a100-40gb)")
     group.add_argument("--stages", "-p", type=_positive_int, default=stages_default,
                        help=f"pipeline ranks (GPUs) (default {stages_default})")
-    group.add_argument("--placement", default="standard", choices=["standard", "interleaved", "v", "waves"],
-                       help="stage placement (default standard)")
+    if several_placements:
+        group.add_argument("--placement", type=_placement_list, action="extend", metavar="KIND[,KIND...]",
+                           help="stage placements to search: auto (each of " + ", ".join(PLACEMENT_KINDS)
+                                + ") or one or more kinds, repeated or comma-separated (e.g. --placement standard,v); "
+                                "the fastest schedule that fits is kept (default auto)")
+    else:
+        group.add_argument("--placement", default="standard", choices=PLACEMENT_KINDS,
+                           help="stage placement (default standard)")
     group.add_argument("--chunks", type=_positive_int, default=2,
                        help="stages per rank for --placement interleaved, waves for waves (default 2)")
     group.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (default: the model's)")
@@ -93,6 +130,40 @@ def add_problem_arguments(parser: argparse.ArgumentParser, *, stages_default: in
     group.add_argument("--dp", type=_positive_int, default=1, help="data-parallel degree (default 1)")
     group.add_argument("--zero1", action="store_true", help="shard optimizer state over --dp replicas")
     group.add_argument("--reserved", type=_size, default=0.0, help="bytes per rank kept for the framework (e.g. 2GiB)")
+
+
+def placements_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The placement kinds asked for with ``several_placements``: every kind for auto (or none
+    given), else the kinds named, each once, in order."""
+    named = args.placement or ["auto"]
+    if "auto" in named:
+        return PLACEMENT_KINDS
+    return tuple(dict.fromkeys(named))
+
+
+def check_costs_options(args: argparse.Namespace) -> None:
+    """Refuse model options beside ``--costs`` (the file gives the costs; they would be ignored).
+
+    Raises:
+        CostModelError: naming the options to drop.
+    """
+    if getattr(args, "costs", None) is None:
+        return
+    given = [name for name, default in MODEL_OPTIONS.items() if getattr(args, name, default) != default]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CostModelError(f"--costs {args.costs} gives the per-stage costs itself; drop {flags} "
+                             "(they describe a model and GPU for the cost model)")
+
+
+def user_costs_from_args(args: argparse.Namespace, p: int | None = None) -> UserCosts:
+    """The ``--costs`` file's costs for ``p`` ranks (default ``--stages``), after `check_costs_options`.
+
+    Raises:
+        CostModelError: a bad file or option, with the fix.
+    """
+    check_costs_options(args)
+    return read_user_costs(args.costs, args.stages if p is None else p)
 
 
 def problem_from_args(args: argparse.Namespace, mem_cap: float | None = None) -> Problem:

@@ -79,35 +79,38 @@ def _paths(spec: BlockSpec, passes: set[Pass]) -> tuple[dict[Pass, float], dict[
 
 
 def _topological(passes: set[Pass], preds: dict[Pass, list]) -> list[Pass]:
-    done: set[Pass] = set()
-    order: list[Pass] = []
-    todo = sorted(passes)
-    while todo:
-        rest = []
-        for x in todo:
-            if all(e in done for e, _ in preds[x]):
-                order.append(x)
-                done.add(x)
-            else:
-                rest.append(x)
-        if len(rest) == len(todo):
-            raise ValueError("the block's precedences have a cycle")
-        todo = rest
+    """Kahn's algorithm, ties in pass order."""
+    succs: dict[Pass, list[Pass]] = {x: [] for x in passes}
+    indegree = {x: 0 for x in passes}
+    for x in passes:
+        for e, _ in preds[x]:
+            succs[e].append(x)
+            indegree[x] += 1
+    order = sorted(x for x in passes if indegree[x] == 0)
+    for x in order:  # appending while iterating walks the whole DAG
+        for y in succs[x]:
+            indegree[y] -= 1
+            if indegree[y] == 0:
+                order.append(y)
+    if len(order) != len(passes):
+        raise ValueError("the block's precedences have a cycle")
     return order
 
 
 def _memory_bound(spec: BlockSpec, m: int) -> float:
     area = [0.0] * spec.p
+    graphs: dict[str, tuple] = {}  # variant -> its passes' precedences in topological order
     for s in range(spec.num_stages):
         for j in range(1 + max(x.slice for x in spec.dur)):
             cheapest = math.inf
             for variant in ("keep", *spec.choices.get(s, ())):
-                passes = {x for x in spec.dur if x not in spec.optional or spec.optional[x] == variant}
+                if variant not in graphs:
+                    graphs[variant] = _graph(spec, variant)
                 spans = [span for span in spec.lifespans if span.stage == s and span.begin.slice == j
                          and span.variant == variant]
                 cost = 0.0
                 for span in spans:
-                    cost += span.units * _distance(spec, passes, span.begin, span.end)
+                    cost += span.units * _distance(spec, graphs[variant], span.begin, span.end)
                 cheapest = min(cheapest, cost)
             if cheapest < math.inf:
                 area[spec.rank[Pass(s, j, spec.first.op)]] += m * cheapest
@@ -120,16 +123,26 @@ def _memory_bound(spec: BlockSpec, m: int) -> float:
     return bound
 
 
-def _distance(spec: BlockSpec, passes: set[Pass], begin: Pass, end: Pass) -> float:
-    """The shortest time from ``begin``'s start to ``end``'s end: the longest precedence path
-    between them (just ``end``'s duration if none leads there)."""
+def _graph(spec: BlockSpec, variant: str) -> tuple[list[Pass], dict[Pass, list[tuple[Pass, float]]]]:
+    """The passes of ``variant`` (the mandatory ones and that variant's optional ones) in
+    topological order, with their precedences."""
+    passes = {x for x in spec.dur if x not in spec.optional or spec.optional[x] == variant}
     preds: dict[Pass, list[tuple[Pass, float]]] = {x: [] for x in passes}
     for later, earlier, gap in spec.edges:
         if later in passes and earlier in passes:
             preds[later].append((earlier, gap))
+    return _topological(passes, preds), preds
+
+
+def _distance(spec: BlockSpec, graph: tuple, begin: Pass, end: Pass) -> float:
+    """The shortest time from ``begin``'s start to ``end``'s end: the longest precedence path
+    between them (just ``end``'s duration if none leads there)."""
+    order, preds = graph
     dist: dict[Pass, float] = {begin: 0}
-    for x in _topological(passes, preds):
+    for x in order[order.index(begin):]:
         reach = [dist[e] + spec.dur[e] + g for e, g in preds[x] if e in dist]
         if reach and x != begin:
             dist[x] = max(reach)
+        if x == end:
+            break
     return dist.get(end, 0) + spec.dur[end]

@@ -110,6 +110,8 @@ def expand(spec: BlockSpec, m: int) -> Horizon:
     """``spec``'s passes, precedences and lifespans for microbatches 0..m-1."""
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"microbatches must be a positive integer, got {m!r}")
+    if spec.group != 1:
+        raise ValueError(f"expand takes a one-microbatch BlockSpec (group 1), got group {spec.group}")
     passes = sorted(spec.dur)
     jobs = tuple((x, i) for i in range(m) for x in passes)
     index = {job: n for n, job in enumerate(jobs)}

@@ -35,10 +35,20 @@ def test_llama_costs_have_no_static_memory_and_skip_unfillable_placements():
     assert placements == ("standard", "interleaved", "v") and skipped[0].startswith("waves:")
 
 
-def test_ratios_and_flags():
-    row = {"synth": ("v", 9.0, True, 1.0), "baseline": ("zb-v", 10.0, 1.0), "chosen": ("synth/v", 9.0)}
-    assert bench.ratios(row) == pytest.approx((0.9, 0.9)) and not bench.only_synth(row)
-    row = {"synth": ("v", 9.0, True, 1.0), "baseline": None, "chosen": ("synth/v", 9.0)}
-    assert bench.ratios(row) == (None, None) and bench.only_synth(row)
+def test_ratio_and_the_more_options_check():
+    scratch = {"fits": True, "makespan": 9.0, "seconds": 1.0}
+    row = {"scratch": scratch, "baseline": ("zb-v", 10.0, 1.0), "keep_only": {"fits": True, "makespan": 9.5}}
+    assert bench.ratio(row) == pytest.approx(0.9) and bench.monotone(row) is True
+    row = {**row, "keep_only": {"fits": True, "makespan": 8.0}}
+    assert bench.monotone(row) is False  # the keep-only search was faster: more options lost
+    row = {**row, "baseline": None, "keep_only": {"fits": False}}
+    assert bench.ratio(row) is None and bench.monotone(row) is None
     assert len(bench.cells(bench.PS, bench.COSTS, quick=False)) == 108
     assert len(bench.cells((4,), bench.COSTS, quick=True)) == 12
+
+
+def test_library_is_the_best_fitting_k1_family():
+    # unit costs p = 4, m = 8, cap 4 = 1F1B's peak: zb-v fits (peak = 1F1B's) with makespan
+    # 3m + (p - 1)/2 = 25.5 (README's closed form), the best of the k = 1 families at that cap
+    name, makespan, _ = bench.library(bench.costs_function("unit", 8), 4, 8, 4.0)
+    assert makespan == pytest.approx(25.5) and name in {"zb-v", "dualpipev"}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ir import Costs, Placement, Schedule, simulate, verify
+from ir import Costs, Op, Placement, Schedule, simulate, verify
 from ir.jsonio import load
 from synth.baselines import build
 from synth.baselines.common import even_split_costs
@@ -144,9 +144,10 @@ def test_synth_names_the_smallest_cap_when_nothing_fits(tmp_path, capsys):
 def test_synth_compare_lists_every_candidate_best_first(capsys):
     assert synth_main(["compare", *SMALL, "--placement", "standard", "--mem-cap", "80GB"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line.startswith(("synth/", "1f1b", "zb-", "gpipe", "v-", "interleaved"))]
-    assert rows[0].split()[0] in {"synth/standard", "zb-v", "dualpipev", "zb-h2", "hanayo", "zb-h1"}
-    assert any(r.startswith("synth/standard") for r in rows) and any(r.startswith("1f1b ") for r in rows)
+    rows = [line for line in lines if line.startswith(("synth", "1f1b", "zb-", "gpipe", "v-", "interleaved"))]
+    synthesized = ("synth/standard", "synth-list/standard")
+    assert rows[0].split()[0] in {*synthesized, "zb-v", "dualpipev", "zb-h2", "hanayo", "zb-h1"}
+    assert any(r.startswith(synthesized) for r in rows) and any(r.startswith("1f1b ") for r in rows)
 
 
 def test_synth_with_the_milp_twin_and_the_papers_memory_bound(tmp_path, capsys):
@@ -154,7 +155,7 @@ def test_synth_with_the_milp_twin_and_the_papers_memory_bound(tmp_path, capsys):
     # memory model is the Controllable Memory paper's bound
     out = tmp_path / "s.json"
     assert synth_main([*SMALL, "--placement", "standard", "--mem-cap", "80GB", "--solver", "highs",
-                       "--memory-model", "ceil", "-o", str(out)]) == 0
+                       "--memory-model", "ceil", "--time-limit", "4", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "(chosen)" in text and "highs " in text and out.exists()  # the synthesized row names its solver
     verify(load(out))
@@ -213,3 +214,34 @@ def test_progress_line_prints_every_better_schedule_and_the_bound_at_most_once_a
     assert len(lines) == 4
     assert "makespan none yet, bound 90.0 ms" in lines[0]
     assert "makespan 110.0 ms, bound 99.0 ms, gap 10.0%" in lines[3]  # (110 - 99) / 110
+
+
+# ------------------------------------------------------------------------------ options (issue 13)
+def test_no_recompute_and_no_offload_exclude_library_schedules_that_do():
+    # 1f1b-recompute fits caps no other library schedule does; without recompute it is never a
+    # candidate, and nothing chosen recomputes or offloads.
+    p, m = 4, 8
+    options = SynthOptions(placements=("standard",), recompute=False, offload=False, time_limit=1.0)
+    result = synthesize(unit_costs, p, m, 4.0, options=options)
+    names = {c.name for c in result.baselines}
+    assert "1f1b-recompute" not in names and not {"po-h", "po-f"} & names
+    assert ("1f1b-recompute", "recomputes (--no-recompute)") in result.skipped
+    for c in (*result.synthesized, *result.baselines, result.chosen):
+        assert not {a.op for _, _, a in c.schedule.actions()} & {Op.R, Op.OFFLOAD, Op.RELOAD}
+
+
+def test_no_library_means_no_library_candidate_or_hint():
+    options = SynthOptions(placements=("standard",), baselines=False, time_limit=1.0)
+    result = synthesize(unit_costs, 4, 8, 4.0, options=options)
+    assert result.baselines == () and result.chosen.synthesized and result.best_baseline is None
+
+
+def test_a_placement_whose_costs_cannot_be_built_is_skipped_with_why():
+    def costs_for(placement, k):
+        if placement.num_stages > 4:
+            raise ValueError("tiny: 4 layers cannot fill 8 stages\nmore text")
+        return unit_costs(placement, k)
+
+    result = synthesize(costs_for, 4, 8, 4.0, options=SynthOptions(placements=("standard", "v"), time_limit=1.0))
+    assert ("synth/v", "tiny: 4 layers cannot fill 8 stages") in result.skipped
+    assert {c.placement for c in result.synthesized} == {"standard"}

@@ -84,6 +84,29 @@ def test_offload_is_chosen_when_the_cap_binds(solver, memory):
 
 
 @pytest.mark.parametrize("solver", MILP)
+def test_two_microbatches_per_block(solver):
+    # test_groups' case: p = 4, unit costs, act = wact = 1, cap 3; one microbatch needs T = 4 (by
+    # hand), two reach T = 7 with copies of every pass, the symmetry break and the periodic memory
+    # of both; the length 13 is the CP-SAT run's.
+    options = BlockOptions(mem_cap=3.0, group=2)
+    block = agree(solver, Costs.uniform(4, f=1, b=1, w=1, act=1, wact=1), Placement.standard(4), options,
+                  period=7, length=13)
+    assert block.group == 2 and {x.micro for x in block.offsets} == {0, 1}
+
+
+@pytest.mark.parametrize("solver", MILP)
+def test_the_m_aware_search_agrees(solver):
+    # p = 4, act 1, wact 0.5, cap 4, m = 2: the periods 3..5 may end sooner in block time; T = 3's
+    # block, 12 ticks when tiled (the CP-SAT run's), stays best, in the MILP's widened search too.
+    costs, placement = Costs.uniform(4, f=1, b=1, w=1, act=1, wact=0.5), Placement.standard(4)
+    options = BlockOptions(mem_cap=4.0, m=2)
+    reference = solve_block(costs, placement, options)
+    block = solve_block(costs, placement, options, solver=solver)
+    assert (reference.period, reference.estimate) == (3, 12)
+    assert (block.period, block.estimate, block.proven) == (reference.period, reference.estimate, True)
+
+
+@pytest.mark.parametrize("solver", MILP)
 def test_a_cap_below_every_block_is_refused(solver):
     costs = Costs.uniform(2, f=1, b=1, w=1, act=1)
     with pytest.raises(BlockError, match="no building block fits"):

@@ -7,8 +7,16 @@ import json
 
 import pytest
 
+from synth.cli.source import CapArg, parse_mem_cap
 from synth.costs import CostModelError, total_params
-from synth.costs.args import add_problem_arguments, placement_for, problem_from_args, resolve_model
+from synth.costs.args import (
+    PLACEMENT_KINDS,
+    add_problem_arguments,
+    placement_for,
+    placements_from_args,
+    problem_from_args,
+    resolve_model,
+)
 from synth.costs.report import describe, stage_table
 
 
@@ -75,3 +83,62 @@ def test_synth_costs_command(capsys):
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(["costs", "--model", "llama2-13b", "-p", "6", "--partition", "even"]) == 1
     assert "do not split evenly over 6 stages" in capsys.readouterr().err
+
+
+def _synth_parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_problem_arguments(parser, several_placements=True)
+    return parser.parse_args(list(argv))
+
+
+def test_several_placements_repeated_or_comma_separated():
+    assert placements_from_args(_synth_parse()) == PLACEMENT_KINDS  # auto
+    assert placements_from_args(_synth_parse("--placement", "v,standard", "--placement", "v")) == ("v", "standard")
+    assert placements_from_args(_synth_parse("--placement", "standard,auto")) == PLACEMENT_KINDS
+    with pytest.raises(SystemExit):
+        _synth_parse("--placement", "standard,zigzag")
+
+
+def test_mem_cap_forms():
+    assert parse_mem_cap("40GB") == CapArg("40GB", amount=4e10, has_unit=True)
+    assert parse_mem_cap("40GiB").amount == 40 * 2**30
+    assert parse_mem_cap("4e10") == CapArg("4e10", amount=4e10)
+    assert parse_mem_cap("1F1B * 0.5") == CapArg("1F1B * 0.5", fraction=0.5)
+    for bad in ("lots", "1f1b*0", "1f1b*", "-3", "0.5*1f1b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_mem_cap(bad)
+
+
+def test_1f1b_fraction_with_a_model_is_half_of_its_simulated_peak():
+    from ir import Placement, simulate
+    from synth.baselines import BASELINES
+    from synth.cli.source import resolve_cap, source_from_args
+    from synth.costs import build_problem, hardware, preset
+
+    args = _synth_parse("--model", "gpt-1.5b", "-p", "4")
+    source = source_from_args(args, m=8)
+    problem = build_problem(preset("gpt-1.5b"), hardware("a100-40gb"), Placement.standard(4), 8)
+    peak = max(simulate(BASELINES["1f1b"](4, 8, costs=problem.costs), problem.costs).peak)
+    assert resolve_cap(parse_mem_cap("1f1b*0.5"), source, 4, 8) == pytest.approx(peak / 2)
+    assert resolve_cap(None, source, 4, 8) == hardware("a100-40gb").memory
+
+
+def test_costs_file_split_over_chunks_and_slices_by_rank():
+    from ir import Placement
+    from synth.costs.user import costs_for, parse_user_costs
+
+    user = parse_user_costs({"f": [4, 8], "b": 4, "w": 4, "act": [8, 4], "wact": 4, "inp": [2, 1], "comm": [0.5, 0.25],
+                             "static": [3, 1], "offload": [2, 4]}, 2)
+    placement = Placement.interleaved(2, 2)  # stages 0, 2 on rank 0; 1, 3 on rank 1
+    costs = costs_for(user, placement, 2)
+    share = 1 / (2 * 2)  # c = 2 stages per rank, k = 2 slices
+    assert costs.k == 2 and costs.num_stages == 4 and costs.static == (3, 1)
+    for s in range(4):
+        r = placement.rank_of(s)
+        u = costs.unit(s, 1)
+        assert (u.f, u.act, u.inp, u.comm) == (user.f[r] * share, user.act[r] * share, user.inp[r] * share,
+                                               user.comm[r])
+    assert costs.copy_bandwidth == min(8 / 2, 4 / 4)  # the slowest rank's act / offload
+    assert parse_user_costs({"f": 1, "b": 1, "w": 1, "act": 1, "wact": 1, "comm": 0}, 3).offload_offered is False
+    with pytest.raises(CostModelError, match="for 2 ranks"):
+        costs_for(user, Placement.standard(3), 1)
