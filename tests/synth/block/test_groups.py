@@ -50,6 +50,19 @@ def test_two_microbatches_cannot_reach_the_memory_bound_at_half_the_ranks():
     assert (9, False) in two.probes
 
 
+def test_three_microbatches_per_block_beat_one_at_half_the_ranks():
+    # p = 8, cap 4 (p / 2): stage 0's lifespan is at least 2p + 1 = 17 ticks, so one microbatch per
+    # period needs T >= 17 / 4, i.e. T = 5 (a whole tick), while three may average 14 / 3 (the
+    # bound 17 / 4 = 4.25 <= 14 / 3 < 5). Measured: u = 1 gives 5, u = 3 gives 14 (both proven).
+    costs, placement = unit(8), Placement.standard(8)
+    one = solve_block(costs, placement, BlockOptions(mem_cap=4.0, time_limit=20))
+    three = solve_block(costs, placement, BlockOptions(mem_cap=4.0, group=3, time_limit=20))
+    assert one.period == 5 and three.group == 3
+    assert 17 / 4 <= three.period / 3 < one.period
+    tiled = tile(three, placement, 12)
+    verify(tiled, costs, mem_cap=4.0)
+
+
 @pytest.mark.parametrize("m", [5, 8])
 def test_a_tiled_two_microbatch_block_verifies_and_its_estimate_is_the_simulation(m):
     costs, placement = unit(4), Placement.standard(4)
