@@ -51,7 +51,7 @@ class Variants:
 
     def allows(self, schedule: Schedule) -> str | None:
         """None if ``schedule`` uses only allowed ops, else why not (for the skipped list)."""
-        ops = {a.op for _, _, a in schedule.actions()}
+        ops = schedule.ops_used()
         if Op.R in ops and not self.recompute:
             return "recomputes (--no-recompute)"
         if Op.OFFLOAD in ops and not self.offload:

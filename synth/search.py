@@ -157,10 +157,10 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
     skipped: list[tuple[str, str]] = []
     kinds = _buildable(problem, options, skipped)
     refine = options.optimize != "block" and bool(kinds)
+    jobs = {kind: horizon_jobs(placement, m, k, _block_options(problem, options, 1.0))
+            for kind, placement in kinds.items()}  # the full-horizon model's size per placement
     if options.optimize == "auto" and kinds:
-        smallest = min(horizon_jobs(placement, m, k, _block_options(problem, options, 1.0))
-                       for placement in kinds.values())
-        refine = smallest <= AUTO_JOBS_PER_SECOND * options.time_limit * (1 - BLOCK_SHARE)
+        refine = min(jobs.values()) <= AUTO_JOBS_PER_SECOND * options.time_limit * (1 - BLOCK_SHARE)
     synthesized, sequential = [], []
     if options.construct:
         construct_end = problem.budget.until(CONSTRUCT_SHARE)
@@ -192,9 +192,8 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
         if refine:
             refined, not_refined, solved = _refine(problem, options, kind, (*synthesized, *baselines))
         else:
-            jobs = horizon_jobs(base.schedule.placement, m, k, _block_options(problem, options, 1.0))
-            not_refined = (f"full-horizon model not solved: {jobs} jobs need about "
-                           f"{math.ceil(jobs / (AUTO_JOBS_PER_SECOND * (1 - BLOCK_SHARE)))} s or more of "
+            not_refined = (f"full-horizon model not solved: {jobs[kind]} jobs need about "
+                           f"{math.ceil(jobs[kind] / (AUTO_JOBS_PER_SECOND * (1 - BLOCK_SHARE)))} s or more of "
                            "--time-limit; use --optimize full with a larger --time-limit")
         if refined is not None and refined.fits:
             chosen = best([chosen, refined])

@@ -131,29 +131,21 @@ def test_sequence_slices(placement):
         assert timeline_matches(made, costs)
 
 
-def test_recompute_only_when_asked_and_it_helps():
+@pytest.mark.parametrize(("flag", "op", "p", "m", "cap", "changes"), [
     # cap 2.2 keeps two microbatches; keeping only inputs (0.1) lets more run ahead.
-    costs = _unit(4, inp=0.1, r=0.5)
-    with_r = construct(costs, ir.Placement.standard(4), 8, 2.2, recompute=True)
-    without = construct(costs, ir.Placement.standard(4), 8, 2.2)
-    assert any(Op.R in c.schedule.ops_used() for c in with_r)
-    assert not any(Op.R in c.schedule.ops_used() for c in without)
-    assert with_r[0].timeline.makespan < without[0].timeline.makespan
-    for made in with_r:
-        ir.verify(made.schedule, costs, mem_cap=2.2)
-        assert timeline_matches(made, costs)
-
-
-def test_offload_only_when_asked_and_it_helps():
+    ("recompute", Op.R, 4, 8, 2.2, {"inp": 0.1, "r": 0.5}),
     # cap 4 of p = 8 keeps four microbatches per rank; copies at bandwidth 2 (half a pass) let more run ahead.
-    costs = _unit(8, copy_bandwidth=2.0)
-    with_o = construct(costs, ir.Placement.standard(8), 16, 4.0, offload=True)
-    without = construct(costs, ir.Placement.standard(8), 16, 4.0)
-    assert any(Op.OFFLOAD in c.schedule.ops_used() for c in with_o)
-    assert not any(Op.OFFLOAD in c.schedule.ops_used() for c in without)
-    assert with_o[0].timeline.makespan < without[0].timeline.makespan
-    for made in with_o:
-        ir.verify(made.schedule, costs, mem_cap=4.0)
+    ("offload", Op.OFFLOAD, 8, 16, 4.0, {"copy_bandwidth": 2.0}),
+])
+def test_recompute_and_offload_only_when_asked_and_they_help(flag, op, p, m, cap, changes):
+    costs = _unit(p, **changes)
+    with_it = construct(costs, ir.Placement.standard(p), m, cap, **{flag: True})
+    without = construct(costs, ir.Placement.standard(p), m, cap)
+    assert any(op in c.schedule.ops_used() for c in with_it)
+    assert not any(op in c.schedule.ops_used() for c in without)
+    assert with_it[0].timeline.makespan < without[0].timeline.makespan
+    for made in with_it:
+        ir.verify(made.schedule, costs, mem_cap=cap)
         assert timeline_matches(made, costs)
 
 
