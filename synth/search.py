@@ -8,7 +8,9 @@ The methods, in the order they run (DESIGN.md, "The synthesizer"):
 2. **block** (``synth.block``): the building block per placement (a share of the budget each),
    tiled and squeezed; and the sequential block as the last resort that always fits.
 3. **full horizon** (``synth.horizon``): CP-SAT (or the MILP twin) on the best placement with
-   what is left of the budget, hinted with every candidate on that placement.
+   what is left of the budget, hinted with every candidate on that placement: the whole tightened
+   model where it is small enough for the time left, else large-neighbourhood search from the
+   best candidate (``synth.horizon.refine.full_horizon``), so "auto" always refines.
 
 The library (``synth.baselines``) is evaluated too unless ``baselines=False`` (``--no-library``,
 the from-scratch search): then no library schedule is a candidate or a hint. Library schedules
@@ -49,9 +51,7 @@ from synth.candidates import (
     show_bytes,
 )
 from synth.horizon.refine import (
-    AUTO_JOBS_PER_SECOND,
     full_horizon,
-    horizon_jobs,
     lower_bound,
     raise_bound,
 )
@@ -101,9 +101,10 @@ class SynthOptions:
         baselines: evaluate the library too (the safety net, and hints for the full horizon);
             False is the from-scratch search (``--no-library``).
         memory: the block's memory model, "exact" or "ceil" (see `synth.block.cpsat`).
-        optimize: "block" (list schedulers and blocks only), "full" (then the full-horizon model
-            on the best placement, hinted with every candidate on it), or "auto" (full when the
-            model is small enough to help within what is left of ``time_limit``).
+        optimize: "block" (list schedulers and blocks only), "full" (then the whole full-horizon
+            model on the best placement, hinted with every candidate on it), "lns" (large-
+            neighbourhood search on that model from the best candidate) or "auto" (full when the
+            model is small enough for what is left of ``time_limit``, else lns).
         construct: run the list schedulers (``synth.construct``).
         groups: microbatches per block period tried by the block method.
         progress: ``progress(seconds, makespan_ms or None, bound_ms)`` during the full-horizon solve.
@@ -157,10 +158,6 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
     skipped: list[tuple[str, str]] = []
     kinds = _buildable(problem, options, skipped)
     refine = options.optimize != "block" and bool(kinds)
-    jobs = {kind: horizon_jobs(placement, m, k, _block_options(problem, options, 1.0))
-            for kind, placement in kinds.items()}  # the full-horizon model's size per placement
-    if options.optimize == "auto" and kinds:
-        refine = min(jobs.values()) <= AUTO_JOBS_PER_SECOND * options.time_limit * (1 - BLOCK_SHARE)
     synthesized, sequential = [], []
     if options.construct:
         construct_end = problem.budget.until(CONSTRUCT_SHARE)
@@ -189,18 +186,13 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
     base = _refine_base(chosen, synthesized, kinds)
     if options.optimize != "block" and base is not None:
         kind = next(kd for kd, pl in kinds.items() if pl == base.schedule.placement)
-        if refine:
-            refined, not_refined, solved = _refine(problem, options, kind, (*synthesized, *baselines))
-        else:
-            not_refined = (f"full-horizon model not solved: {jobs[kind]} jobs need about "
-                           f"{math.ceil(jobs[kind] / (AUTO_JOBS_PER_SECOND * (1 - BLOCK_SHARE)))} s or more of "
-                           "--time-limit; use --optimize full with a larger --time-limit")
+        refined, not_refined, solved = _refine(problem, options, kind, (*synthesized, *baselines))
         if refined is not None and refined.fits:
             chosen = best([chosen, refined])
     placement_kind = {pl.stage_to_rank: kd for kd, pl in kinds.items()}
     bound = lower_bound(chosen.costs, chosen.schedule.placement,
                         placement_kind.get(chosen.schedule.placement.stage_to_rank, chosen.placement), m, mem_cap,
-                        chosen.schedule.k)
+                        chosen.schedule.k, problem.variants.recompute, problem.variants.offload)
     if solved is not None and chosen.schedule.placement.stage_to_rank in placement_kind:
         bound = raise_bound(bound, *solved, chosen.schedule)
     return Synthesis(chosen, tuple(synthesized), tuple(baselines), tuple(skipped), mem_cap,
@@ -352,8 +344,9 @@ def _refine(problem: SynthProblem, options: SynthOptions, kind: str,
     hints = [c.schedule for c in sorted(candidates, key=rank_key)
              if c.schedule.placement == placement and c.schedule.k == problem.k]
     try:
+        method = {"full": "whole", "lns": "lns"}.get(options.optimize, "auto")
         schedule, result, h = full_horizon(costs, placement, problem.m, block_options, hints, options.solver,
-                                           options.progress)
+                                           options.progress, method)
     except BlockError as err:
         return None, f"full-horizon model not solved: {err}", None
     if schedule is None:

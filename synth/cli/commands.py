@@ -62,10 +62,11 @@ def add_synth_arguments(parser: argparse.ArgumentParser, *, outputs: bool = True
     group.add_argument("--time-limit", type=_seconds, default=DEFAULT_TIME_LIMIT,
                        help="seconds for the whole search: the list schedulers, the blocks (shared among the "
                             f"placements) and the full horizon (default {DEFAULT_TIME_LIMIT:g})")
-    group.add_argument("--optimize", default="auto", choices=["auto", "block", "full"],
-                       help="block: building blocks only; full: then the full-horizon model on the best "
-                            "placement, improving it within --time-limit and proving a bound; auto: full when "
-                            "that model is small enough to help within --time-limit (default auto)")
+    group.add_argument("--optimize", default="auto", choices=["auto", "block", "full", "lns"],
+                       help="block: list schedulers and building blocks only; full: then the whole full-horizon "
+                            "model on the best placement, improving it and proving a bound within --time-limit; "
+                            "lns: large-neighbourhood search on that model from the best schedule; auto: full "
+                            "when the model is small enough for the time left, else lns (default auto)")
     group.add_argument("--memory-model", default="exact", choices=["exact", "ceil"],
                        help="the block's memory: exact (the periodic curve at every allocation) or ceil "
                             "(Controllable Memory's ceil(lifespan / T) per lifespan) (default exact)")

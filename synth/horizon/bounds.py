@@ -18,16 +18,32 @@ they hold for the integer model the solvers see.
   budget, so the makespan is at least the total memory-time over the budget.
 
 Optional passes (R, OFFLOAD, RELOAD) are left out of work and paths: that only lowers the bounds.
+
+`horizon_bound` adds two bounds on the full horizon's jobs (``synth.horizon.spec.Horizon``):
+
+- **Order** (the slot structure under a cap): the longest path of the model's precedence rows,
+  the microbatch order and the cap as precedences among them. Under a cap of K microbatches a
+  stage starts its (i + K)-th forward only after its i-th microbatch's memory is freed, so the
+  path climbs by a whole lifespan every K microbatches, which the memory-time bound spreads
+  evenly. It holds wherever the rows cut off no optimum (every relabelled solution meets them).
+- **Rank**: per rank and stream, Jackson's preemptive schedule of its jobs released at their
+  heads and followed by their tails (Carlier's one-machine bound): the longest ``end + tail``
+  there is a bound, since letting a rank preempt only relaxes it.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from synth.block.spec import BlockSpec, Pass
 
-__all__ = ["Bound", "analytic_bound"]
+if TYPE_CHECKING:
+    from synth.horizon.spec import Horizon
+
+__all__ = ["Bound", "analytic_bound", "horizon_bound", "jackson"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,48 @@ def analytic_bound(spec: BlockSpec, m: int) -> Bound:
         parts["memory"] = _memory_bound(spec, m)
     kind = max(parts, key=lambda k: parts[k])
     return Bound(parts[kind], kind, parts)
+
+
+def horizon_bound(h: Horizon, heads_tails: tuple[list, list] | None = None) -> Bound:
+    """The largest of `analytic_bound` and the order and rank bounds of the module docstring, on
+    ``h``'s own numbers (``heads_tails``: ``synth.horizon.spec.paths(h)`` if already known)."""
+    from synth.horizon.spec import paths
+
+    base = analytic_bound(h.spec, h.m)
+    head, tail = heads_tails if heads_tails is not None else paths(h)
+    parts = dict(base.parts)
+    mandatory = [j for j in range(len(h.jobs)) if h.presence[j] is None]
+    parts["order"] = max((head[j] + h.dur[j] + tail[j] for j in mandatory), default=0.0)
+    streams: dict[tuple[int, bool], list[tuple[float, float, float]]] = {}
+    for j in mandatory:
+        if h.dur[j] > 0:
+            streams.setdefault((h.rank[j], h.copy[j]), []).append((head[j], h.dur[j], tail[j]))
+    parts["rank"] = max((jackson(jobs) for jobs in streams.values()), default=0.0)
+    kind = max(parts, key=lambda k: parts[k])
+    return Bound(parts[kind], kind, parts)
+
+
+def jackson(jobs: list[tuple[float, float, float]]) -> float:
+    """The largest ``completion + tail`` of Jackson's preemptive schedule of ``(release, duration,
+    tail)`` jobs on one machine: at every instant the released job with the longest tail runs.
+    A lower bound on ``max(end + tail)`` of every non-preemptive schedule (Carlier 1982)."""
+    jobs = sorted(jobs)
+    ready: list[tuple[float, float]] = []  # (-tail, time left)
+    t, k, best = 0.0, 0, 0.0
+    while k < len(jobs) or ready:
+        if not ready and t < jobs[k][0]:
+            t = jobs[k][0]
+        while k < len(jobs) and jobs[k][0] <= t:
+            heapq.heappush(ready, (-jobs[k][2], jobs[k][1]))
+            k += 1
+        neg_tail, left = heapq.heappop(ready)
+        run = left if k == len(jobs) else min(left, jobs[k][0] - t)
+        t += run
+        if left - run > 1e-12:
+            heapq.heappush(ready, (neg_tail, left - run))
+        else:
+            best = max(best, t - neg_tail)
+    return best
 
 
 def _paths(spec: BlockSpec, passes: set[Pass]) -> tuple[dict[Pass, float], dict[Pass, float]]:

@@ -33,10 +33,10 @@ from ortools.sat.python import cp_model
 
 from ir import Op
 from synth.block.spec import Pass
-from synth.horizon.bounds import analytic_bound
-from synth.horizon.spec import KEEP, Horizon, Solution, exists, fits_model, realize
+from synth.horizon.bounds import horizon_bound
+from synth.horizon.spec import KEEP, Horizon, Solution, exists, fits_model, load_terms, paths, realize
 
-__all__ = ["HorizonResult", "Progress", "solve_horizon"]
+__all__ = ["HorizonResult", "Progress", "rank_relaxation_bound", "solve_horizon"]
 
 Progress = Callable[[float, int | None, int], None]  # (seconds, makespan or None, bound), ticks
 
@@ -85,7 +85,7 @@ class _Vars:
 
 
 # ---------------------------------------------------------------------------------- variables
-def _variables(model: cp_model.CpModel, h: Horizon, upper: int) -> _Vars:
+def _variables(model: cp_model.CpModel, h: Horizon, upper: int, windows: tuple[list[int], list[int]] | None) -> _Vars:
     variant = {}
     for g, options in enumerate(h.variants):
         lits = {v: model.NewBoolVar(f"g{g}_{v}") for v in options}
@@ -93,7 +93,10 @@ def _variables(model: cp_model.CpModel, h: Horizon, upper: int) -> _Vars:
         variant.update({(g, v): lit for v, lit in lits.items()})
     start, present, interval = {}, {}, {}
     for j, ((x, i), d) in enumerate(zip(h.jobs, h.dur, strict=True)):
-        start[j] = model.NewIntVar(0, max(0, upper - d), f"{x.name}_m{i}")
+        lo, hi = 0, max(0, upper - d)
+        if windows is not None and h.presence[j] is None:
+            lo, hi = windows[0][j], max(windows[0][j], upper - d - windows[1][j])
+        start[j] = model.NewIntVar(lo, hi, f"{x.name}_m{i}")
         when = h.presence[j]
         if when is None:
             present[j] = True
@@ -119,12 +122,21 @@ def add_no_overlap(model: cp_model.CpModel, v: _Vars, h: Horizon) -> None:
 
 
 def add_precedences(model: cp_model.CpModel, v: _Vars, h: Horizon) -> None:
-    """``start[later] >= end[earlier] + gap`` whenever both jobs exist."""
-    for later, earlier, gap in h.edges:
+    """``start[later] >= end[earlier] + gap`` whenever both jobs exist: the dependencies and the cuts
+    (the microbatch order or stage 0's, the cap as precedences)."""
+    for later, earlier, gap in h.links:
         ct = model.Add(v.start[later] >= v.start[earlier] + h.dur[earlier] + gap)
         lits = _literals(v, (later, earlier))
         if lits:
             ct.OnlyEnforceIf(lits)
+
+
+def add_either(model: cp_model.CpModel, v: _Vars, h: Horizon) -> None:
+    """The cap's ``either`` rows (``Horizon.either``): a job starts after one of two jobs ends."""
+    for n, (later, first, second) in enumerate(h.either):
+        lit = model.NewBoolVar(f"either{n}")
+        model.Add(v.start[later] >= v.start[first] + h.dur[first]).OnlyEnforceIf(lit)
+        model.Add(v.start[later] >= v.start[second] + h.dur[second]).OnlyEnforceIf(lit.Not())
 
 
 def add_reload_timing(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int) -> None:
@@ -165,12 +177,13 @@ def add_reload_timing(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int)
 
 
 def add_memory(model: cp_model.CpModel, v: _Vars, h: Horizon, upper: int) -> None:
-    """Per rank, the lifespans held at any instant fit the budget (a cumulative constraint)."""
+    """Per rank, the lifespans held at any instant fit the budget (a cumulative constraint), except
+    on the ranks where the cap's precedences (`Horizon.cuts`) already say exactly that."""
     if h.budget is None:
         return
     per_rank: list[tuple[list, list]] = [([], []) for _ in range(h.spec.p)]
     for n, (r, b, e, units, when) in enumerate(h.spans):
-        if units <= 0:
+        if units <= 0 or (h.exact_cap and h.exact_cap[r]):
             continue
         size = v.size[n] = model.NewIntVar(0, upper, f"span{n}")
         end = v.start[e] + h.dur[e]
@@ -193,6 +206,14 @@ def add_makespan(model: cp_model.CpModel, v: _Vars, h: Horizon, floor: int) -> N
         if lits:
             ct.OnlyEnforceIf(lits)
     model.Add(v.makespan >= floor)
+
+
+def add_load_cuts(model: cp_model.CpModel, v: _Vars, h: Horizon, tails: list[int]) -> None:
+    """Under the microbatch order, the makespan is at least the start of a rank's first pass of
+    microbatch i plus the rank's work of microbatches i..m-1 plus their least tail
+    (``synth.horizon.spec.load_terms``)."""
+    for anchor, _, work in load_terms(h, tails):
+        model.Add(v.makespan >= v.start[anchor] + work)
 
 
 def _weight(h: Horizon) -> int:
@@ -248,7 +269,7 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
     fitting = sorted((s for s in hints if fits_model(h, s)), key=lambda s: s.makespan(h))
     best_hint = fitting[0] if fitting else None
     upper = h.upper if best_hint is None else min(h.upper, best_hint.makespan(h))
-    floor = int(math.ceil(analytic_bound(h.spec, h.m).value - 1e-9))
+    floor = int(math.ceil(horizon_bound(h).value - 1e-9))
     if floor > upper:
         return HorizonResult(None, None, floor, False, "infeasible", time.perf_counter() - began, "cpsat")
     if best_hint is not None and upper <= floor:  # the hint meets the analytic bound: nothing to search
@@ -257,12 +278,16 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
                              [(round(seconds, 3), upper, upper)])
 
     model = cp_model.CpModel()
-    v = _variables(model, h, upper)
+    heads, tails = paths(h)
+    v = _variables(model, h, upper, (heads, tails) if h.tighten.windows else None)
     add_no_overlap(model, v, h)
     add_precedences(model, v, h)
+    add_either(model, v, h)
     add_memory(model, v, h, upper)
     add_reload_timing(model, v, h, upper)
     add_makespan(model, v, h, floor)
+    if h.tighten.load_cuts:
+        add_load_cuts(model, v, h, tails)
     weight = _weight(h)
     model.Minimize(v.makespan * weight + sum(_decisions(v)))
     if best_hint is not None or hints:
@@ -292,6 +317,92 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
     watch.record(makespan, makespan if proven else bound)
     return HorizonResult(solution, makespan, makespan if proven else bound, proven, status_name, seconds, "cpsat",
                          history)
+
+
+# ------------------------------------------------------------------------------ rank relaxation
+def rank_relaxation_bound(h: Horizon, rank: int, time_limit: float, heads_tails: tuple[list, list] | None = None,
+                          hint: Solution | None = None, workers: int = 2) -> int | None:
+    """A lower bound on the makespan from one rank alone, solved by CP-SAT: the rank's jobs with
+    their heads and tails (``synth.horizon.spec.paths``), one at a time, each microbatch's passes on
+    the rank apart by at least the longest precedence path between them through the other ranks,
+    the model's order and cap rows between the rank's own jobs, and its memory (the cumulative
+    unless the rows are exact). Every solution of the model restricted to the rank is a solution
+    of this one, with ``end + tail`` at most its makespan, so the solver's bound holds for the model.
+    Where Jackson's bound (`synth.horizon.bounds.jackson`) lets the rank preempt and ignores memory,
+    this sees both. None where the model is not ordered (units have variants)."""
+    if not h.ordered:
+        return None
+    head, tail = heads_tails if heads_tails is not None else paths(h)
+    spec, index = h.spec, h.index()
+    mine = [x for x in sorted(spec.dur) if spec.rank[x] == rank and x not in spec.copy]
+    jobs = [index[(x, i)] for i in range(h.m) for x in mine]
+    if not jobs:
+        return None
+    own = set(jobs)
+    upper = h.upper if hint is None else hint.makespan(h)
+    model = cp_model.CpModel()
+    start = {j: model.NewIntVar(head[j], max(head[j], upper - h.dur[j] - tail[j]), f"s{j}") for j in jobs}
+    model.AddNoOverlap([model.NewFixedSizeIntervalVar(start[j], h.dur[j], f"i{j}") for j in jobs if h.dur[j] > 0])
+    makespan = model.NewIntVar(0, upper, "makespan")
+    for j in jobs:
+        model.Add(makespan >= start[j] + h.dur[j] + tail[j])
+    for (x, y), lag in _lags(spec, mine).items():
+        for i in range(h.m):
+            a, b = index[(x, i)], index[(y, i)]
+            model.Add(start[b] >= start[a] + h.dur[a] + lag)
+    for later, earlier, gap in h.cuts:
+        if later in own and earlier in own:
+            model.Add(start[later] >= start[earlier] + h.dur[earlier] + gap)
+    for later, first, second in h.either:
+        if later in own:
+            lit = model.NewBoolVar("")
+            model.Add(start[later] >= start[first] + h.dur[first]).OnlyEnforceIf(lit)
+            model.Add(start[later] >= start[second] + h.dur[second]).OnlyEnforceIf(lit.Not())
+    if h.budget is not None and not h.exact_cap[rank]:
+        intervals, demands = [], []
+        for r, b, e, units, _ in h.spans:
+            if r == rank and units > 0:
+                size = model.NewIntVar(0, upper, "")
+                intervals.append(model.NewIntervalVar(start[b], size, start[e] + h.dur[e], ""))
+                demands.append(units)
+        model.AddCumulative(intervals, demands, h.budget[rank])
+    if hint is not None:
+        for j in jobs:
+            model.AddHint(start[j], hint.starts[j])
+    model.Minimize(makespan)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.05, time_limit)
+    solver.parameters.num_workers = workers
+    solver.parameters.random_seed = 0
+    status = solver.Solve(model)
+    if status == cp_model.INFEASIBLE:
+        return upper + 1 if hint is None else upper  # no schedule below `upper` (the hint's, if any)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    return int(math.ceil(solver.BestObjectiveBound() - 1e-9))
+
+
+def _lags(spec, mine: list[Pass]) -> dict[tuple[Pass, Pass], int]:
+    """``(x, y) -> lag``: within one microbatch, ``y`` starts at least ``lag`` after ``x`` ends (the
+    longest path of precedences between them), for the passes ``mine`` of one rank."""
+    succs: dict[Pass, list[tuple[Pass, int]]] = {x: [] for x in spec.dur}
+    for later, earlier, gap in spec.edges:
+        succs[earlier].append((later, gap))
+    out = {}
+    for x in mine:
+        dist = {y: gap for y, gap in succs[x]}  # from x's end to y's start
+        frontier = list(dist)
+        while frontier:  # the block's DAG is small: relax until nothing changes
+            nxt = []
+            for a in frontier:
+                for y, gap in succs[a]:
+                    value = dist[a] + spec.dur[a] + gap
+                    if value > dist.get(y, -math.inf):
+                        dist[y] = value
+                        nxt.append(y)
+            frontier = nxt
+        out.update({(x, y): d for y, d in dist.items() if y in mine and y != x})
+    return out
 
 
 def _add_hint(model: cp_model.CpModel, v: _Vars, h: Horizon, hint: Solution) -> None:

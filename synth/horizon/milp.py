@@ -6,17 +6,24 @@ both minimize ``makespan * weight + decisions`` with ``weight = 1 + len(groups)`
 makespan comes first and then the fewest recompute/offload decisions. This file reads like a
 solver sample: data, variables, one helper per constraint family, objective, solve.
 
-- Variables: integer ``start[j]`` in ``[0, upper - dur[j]]`` for every job; binary ``x[g, v]``
+- Tightening: the same as CP-SAT's (``synth.horizon.spec.Tighten``, sent to the child with the
+  data). The microbatch order and the cap's precedences are rows of ``Horizon.links``, so they enter
+  as precedences and, through the forced orders below, remove most no-overlap binaries (two runs of
+  one pass are ordered); the cap's ``either`` rows get one binary each (``e = 1``: after the first
+  job, else after the second); memory rows are left out on ranks whose cap those rows state exactly
+  (``Horizon.exact_cap``); start windows are the start variables' bounds (``[head, upper - dur -
+  tail]`` for mandatory jobs); the load cuts are rows on the makespan. Nothing is missing from the twin.
+- Variables: integer ``start[j]`` in ``[0, upper - dur[j]]`` (or its window) for every job; binary ``x[g, v]``
   per group and variant with ``sum_v x[g, v] == 1``; a job or span with presence ``(g, v)``
   exists iff ``x[g, v] = 1`` (``absent`` below is ``1 - x``, 0 for the mandatory ones); integer
-  ``makespan`` in ``[floor, upper]``, ``floor = ceil(analytic_bound)`` (``synth.horizon.bounds``).
+  ``makespan`` in ``[floor, upper]``, ``floor = ceil(horizon_bound)`` (``synth.horizon.bounds``).
 - Precedences: ``start[later] >= start[earlier] + dur[earlier] + gap - M (absent later + absent
   earlier)``, ``M = max start[earlier] + dur[earlier] + gap`` (each big-M below is likewise the
   largest value the row's right side minus its left side can take, from the variables' bounds).
 - Forced order (the Zero Bubble paper's transitive-closure pruning): over the precedence graph,
   with every step's jobs but the path's two ends mandatory, ``S[a]`` holds the jobs whose start
   is at least ``start[a]`` (every step has ``dur + gap >= 0``; the symmetry chain's start-to-
-  start edges, gap ``-dur``, are such steps), ``E[a]`` those whose start is at least ``a``'s end
+  start edges, gap ``-dur``, and the order's rows are such steps), ``E[a]`` those whose start is at least ``a``'s end
   (a first step with ``gap >= 0``, then steps of ``S``), ``T[a]`` those whose start is strictly
   after ``start[a]`` (some step has ``dur + gap >= 1``); all are Python ints used as bitsets.
   They hold whenever both ends exist, so each use below is relaxed by the ends' absence.
@@ -88,8 +95,8 @@ from typing import TYPE_CHECKING, Any
 
 from synth.block.spec import BlockError, BlockSpec
 from synth.child import ask, serve
-from synth.horizon.bounds import analytic_bound
-from synth.horizon.spec import Horizon, Solution, expand, fits_model, realize, violations
+from synth.horizon.bounds import horizon_bound
+from synth.horizon.spec import Horizon, Solution, Tighten, expand, fits_model, realize, violations
 
 if TYPE_CHECKING:
     from synth.horizon.milp_model import Model
@@ -139,7 +146,8 @@ def model_size(h: Horizon, hints: list[Solution] = (), solver: str = "highs") ->
 def _ask(h: Horizon, solver: str, time_limit: float, workers: int, hints, build_only: bool) -> dict[str, Any]:
     if solver not in MILP_SOLVERS:
         raise BlockError(f"unknown MILP solver {solver!r}; choose one of {', '.join(MILP_SOLVERS)}")
-    request = {"spec": h.spec.to_json(), "m": h.m, "hints": [s.to_json() for s in hints],
+    request = {"spec": h.spec.to_json(), "m": h.m, "tighten": h.tighten.to_json(),
+               "hints": [s.to_json() for s in hints],
                "time_limit": time_limit, "workers": workers, "solver": solver, "build_only": build_only}
     # The solve takes time_limit (less the model's build); building and start-up get room too.
     return ask("synth.horizon.milp", request, 2 * time_limit + 120, f"the {solver} full-horizon MILP",
@@ -154,7 +162,7 @@ def main() -> int:
 
 def _serve(request: dict[str, Any]) -> dict[str, Any]:
     began = time.perf_counter()
-    h = expand(BlockSpec.from_json(request["spec"]), int(request["m"]))
+    h = expand(BlockSpec.from_json(request["spec"]), int(request["m"]), Tighten(**request.get("tighten", {})))
     hints = [Solution.from_json(s) for s in request["hints"]]
     solver, time_limit, workers = request["solver"], float(request["time_limit"]), int(request["workers"])
     _check_solver(solver)  # fails early on a missing solver
@@ -205,9 +213,9 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _floor(h: Horizon, upper: int) -> int:
-    """``ceil`` of the analytic bound; ``upper + 1`` (infeasible) when it is infinite (a budget that
-    holds no microbatch)."""
-    value = analytic_bound(h.spec, h.m).value
+    """``ceil`` of ``synth.horizon.bounds.horizon_bound``; ``upper + 1`` (infeasible) when it is infinite
+    (a budget that holds no microbatch)."""
+    value = horizon_bound(h).value
     return upper + 1 if math.isinf(value) else int(math.ceil(value - 1e-9))
 
 

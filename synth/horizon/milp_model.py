@@ -12,7 +12,7 @@ from typing import Any
 
 from ir import Op
 from synth.block.spec import BlockError, Pass
-from synth.horizon.spec import KEEP, Horizon, Solution, exists
+from synth.horizon.spec import KEEP, Horizon, Solution, exists, load_terms, paths, topological
 
 __all__ = ["Model", "closure"]
 
@@ -24,19 +24,13 @@ def closure(h: Horizon) -> tuple[list[int], list[int], list[int], int]:
     precedences whose inner jobs are mandatory, and the bitset of mandatory jobs."""
     n = len(h.jobs)
     succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    indegree = [0] * n
-    for later, earlier, gap in h.edges:
+    for later, earlier, gap in h.links:
         if h.dur[earlier] + gap >= 0:
             succs[earlier].append((later, gap))
-            indegree[later] += 1
-    order = [j for j in range(n) if indegree[j] == 0]
-    for j in order:  # Kahn's algorithm; appending while iterating walks the whole DAG
-        for c, _ in succs[j]:
-            indegree[c] -= 1
-            if indegree[c] == 0:
-                order.append(c)
-    if len(order) != n:
-        raise BlockError("the full-horizon precedences have a cycle")
+    try:
+        order = topological(succs)
+    except ValueError as err:
+        raise BlockError(str(err)) from None
     mandatory = sum(1 << j for j in range(n) if h.presence[j] is None)
     after_start, after_end, strictly = [0] * n, [0] * n, [0] * n
     for j in reversed(order):
@@ -78,6 +72,7 @@ class Model:
     alive: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)  # (w, z, y, x_L): w = max(0, z - y - absent)
     # (RELOAD, [(a, job, shift)]): a = 1 => start[RELOAD] == start[job] + shift; a is 1 (or x) if it is the only one
     reload_at: list[tuple[int, list[tuple[Any, int, int]]]] = field(default_factory=list)
+    eithers: list[tuple[Any, int, int]] = field(default_factory=list)  # (e, later, first): e = 1 iff after first
     rows: int = 0
     binaries: int = 0
 
@@ -87,10 +82,14 @@ class Model:
         self.weight = 1 + len(self.h.groups)
         self.prob = pulp.LpProblem("horizon", pulp.LpMinimize)
         self.after_start, self.after_end, self.strictly, self.mandatory = closure(self.h)
+        self.heads, self.tails = paths(self.h)
         self._variables()
         self._precedences()
+        self._either()
         self._no_overlap()
         self._makespan()
+        if self.h.tighten.load_cuts:
+            self._load_cuts()
         self._memory()
         self._reload_timing()
         decisions = [var for (g, v), var in self.x.items() if v != KEEP]
@@ -106,12 +105,19 @@ class Model:
                 self.x[(g, v)] = self._binary(f"x{g}_{v}")
             self._row(pulp.lpSum(self.x[(g, v)] for v in options) == 1)
         for j in range(len(h.jobs)):
-            self.start[j] = self.prob.add_variable(f"s{j}", 0, self.ub(j), cat=pulp.LpInteger)
+            self.start[j] = self.prob.add_variable(f"s{j}", self.lb(j), self.ub(j), cat=pulp.LpInteger)
         self.makespan = self.prob.add_variable("makespan", self.floor, self.upper, cat=pulp.LpInteger)
 
     def ub(self, j: int) -> int:
-        """The largest start of job ``j``."""
-        return max(0, self.upper - self.h.dur[j])
+        """The largest start of job ``j`` (its start window's end under `Tighten.windows`)."""
+        h = self.h
+        if h.tighten.windows and h.presence[j] is None:
+            return max(self.lb(j), self.upper - h.dur[j] - self.tails[j])
+        return max(0, self.upper - h.dur[j])
+
+    def lb(self, j: int) -> int:
+        """The smallest start of job ``j``: its head under `Tighten.windows`, else 0."""
+        return self.heads[j] if self.h.tighten.windows and self.h.presence[j] is None else 0
 
     def present(self, when: tuple[int, str] | None):
         """1 for a mandatory job or span, else its variant's binary."""
@@ -141,9 +147,20 @@ class Model:
 
     # ----------------------------------------------------------------------------- constraints
     def _precedences(self) -> None:
+        """The dependencies and the cuts (``Horizon.links``): the order and the cap's precedences."""
         h = self.h
-        for later, earlier, gap in h.edges:
+        for later, earlier, gap in h.links:
             self._at_least(later, earlier, h.dur[earlier] + gap, self.absent(h.presence[later], h.presence[earlier]))
+
+    def _either(self) -> None:
+        """The cap's ``either`` rows (``Horizon.either``), one binary each: ``e = 1`` => ``later``
+        starts after ``first`` ends, ``e = 0`` => after ``second`` ends."""
+        h = self.h
+        for later, first, second in h.either:
+            e = self._binary(f"e{later}_{first}")
+            self.eithers.append((e, later, first))
+            self._at_least(later, first, h.dur[first], 1 - e)
+            self._at_least(later, second, h.dur[second], e)
 
     def _no_overlap(self) -> None:
         h = self.h
@@ -178,13 +195,21 @@ class Model:
             big_m = max(0, self.ub(j) + d - self.floor)
             self._row(self.makespan >= self.start[j] + d - big_m * self.absent(h.presence[j]))
 
+    def _load_cuts(self) -> None:
+        """As ``synth.horizon.cpsat.add_load_cuts``: the makespan is at least the start of a rank's
+        first pass of microbatch i plus the rank's work of microbatches i..m-1 plus their least tail."""
+        for anchor, _, work in load_terms(self.h, self.tails):
+            self._row(self.makespan >= self.start[anchor] + work)
+
     def _memory(self) -> None:
         import pulp
 
         h = self.h
         if h.budget is None:
             return
-        spans = [(n, span) for n, span in enumerate(h.spans) if span[3] > 0]
+        # ranks whose cap the precedence rows state exactly need no memory rows (``Horizon.exact_cap``)
+        spans = [(n, span) for n, span in enumerate(h.spans) if span[3] > 0
+                 and not (h.exact_cap and h.exact_cap[span[0]])]
         for r in range(h.spec.p):
             mine = [(n, span) for n, span in spans if span[0] == r]
             total = sum(span[3] for _, span in mine)
@@ -290,6 +315,8 @@ class Model:
         for j, var in self.start.items():
             var.setInitialValue(starts[j])
         self.makespan.setInitialValue(max(self.floor, hint.makespan(h)))
+        for e, later, first in self.eithers:
+            e.setInitialValue(1 if starts[later] >= starts[first] + h.dur[first] else 0)
         for o, a, b in self.order:
             o.setInitialValue(1 if (starts[a], a) < (starts[b], b) else 0)
         for z, b, a in self.begun:
