@@ -181,16 +181,16 @@ def run_tightening(p: int, m: int, limit: float, repeats: int = 3) -> list[dict]
         row = _solve(h, "cpsat", solutions, limit, placement, costs, cap, exact)
         rows.append({"p": p, "m": m, "fraction": 0.5, "cap": cap, "tightening": name, "jobs": len(h.jobs),
                      "rows": len(h.cuts) + len(h.either), "analytic": exact, **row})
-        print(_fmt_tightening(rows[-1]), flush=True)
+        print(" | ".join(_fmt_tightening(rows[-1])), flush=True)
     return rows
 
 
-def _fmt_tightening(row: dict) -> str:
+def _fmt_tightening(row: dict) -> list[str]:
     makespan, bound = row.get("makespan"), row["bound"]
     gap = "-" if makespan is None else f"{100 * (makespan - bound) / makespan:.1f}%"
-    return " | ".join([str(row["p"]), str(row["m"]), f"{row['cap']:g}", row["tightening"], str(row["rows"]),
+    return [str(row["p"]), str(row["m"]), f"{row['cap']:g}", row["tightening"], str(row["rows"]),
                        "-" if makespan is None else f"{makespan:g}", f"{bound:g}", gap, f"{row['seconds']:.1f}",
-                       "yes" if makespan is not None and makespan <= bound + 1e-9 else "no", row["status"]])
+                       "yes" if makespan is not None and makespan <= bound + 1e-9 else "no", row["status"]]
 
 
 def _fmt(row: dict) -> list[str]:
@@ -261,6 +261,55 @@ def summarize(rows: list[dict]) -> list[str]:
     return out
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return ["| " + " | ".join(cells) + " |" for cells in (header, ["---"] * len(header), *rows)]
+
+
+def _document(args, rows: list[dict], tightening: list[dict], seconds: float) -> str:
+    """The results file: the grid, the targets and the tightening table."""
+    header = ["p", "m", "cap (units)", "solver", "makespan", "bound", "bound from", "gap", "seconds", "proven",
+              "status"]
+    theader = ["p", "m", "cap", "tightening", "rows", "makespan", "bound", "gap", "seconds", "proven", "status"]
+    lines = [
+        "# Solver scaling: full horizon (CP-SAT, LNS, HiGHS, CBC) against the block and the list schedulers",
+        "",
+        f"Written by `python benchmarks/solver_scaling.py` in {seconds:.0f} s on "
+        f"{platform.machine()} with {os.cpu_count()} cores ({platform.python_version()}); "
+        f"time limit {args.limit:g} s per solve, one solve at a time, CP-SAT and HiGHS/CBC with 2 threads.",
+        "Problem: standard placement, F = B = W = 1, act 1, wact 1/2, no comm, no static memory; split "
+        "backward; no recompute or offload. Caps are fractions of 1F1B's peak (p units). Makespans are "
+        "simulated from the decoded schedule (`ir.simulate`), every schedule passed `ir.verify` with the cap.",
+        "Bound: the solver's proven bound, at least `synth.horizon.bounds.horizon_bound` (work, pass, memory, "
+        "order: the longest path of the ordered model's rows, rank: Jackson's preemptive bound per rank); "
+        "\"bound from\" names the larger. `block` and `construct` carry the model's bound without a solver. "
+        "Where a hint already meets that bound the solver returns it at once. Status: the solver's (`hint`: "
+        "nothing better than the hint in time; for `construct` the variant that made it). Seconds are wall time "
+        "including the model's construction (and, for the MILPs, the child process and the LP file CBC reads, "
+        "which its time limit does not cover).",
+        "",
+        *_table(header, [_fmt(row) for row in rows]),
+        "",
+        "## Targets",
+        "",
+        *summarize(rows),
+        "",
+    ]
+    if tightening:
+        lines += [
+            "## What each tightening buys (CP-SAT, cap 1/2, same hints)",
+            "",
+            "`rows`: the model's cut rows (order, cap precedences, either rows). `all (run n)`: every "
+            "tightening, run n of the repeats. `no order` also drops the cap rows and the load cuts, which need "
+            "the order; `none` is the model before issue 14 (stage 0's first forwards in order; its floor is "
+            "the bound of its own rows, which without the order is the analytic one).",
+            "",
+            *_table(theader, [_fmt_tightening(row) for row in tightening]),
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="p = 4, m = 8, 5 s limit")
@@ -294,50 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += cell
     tightening = [] if args.no_tightening else [row for p, m in HARD
                                                 for row in run_tightening(p, m, args.limit, args.repeats)]
-    header = ["p", "m", "cap (units)", "solver", "makespan", "bound", "bound from", "gap", "seconds", "proven",
-              "status"]
-    theader = ["p", "m", "cap", "tightening", "rows", "makespan", "bound", "gap", "seconds", "proven", "status"]
-    lines = [
-        "# Solver scaling: full horizon (CP-SAT, LNS, HiGHS, CBC) against the block and the list schedulers",
-        "",
-        f"Written by `python benchmarks/solver_scaling.py` in {time.perf_counter() - began:.0f} s on "
-        f"{platform.machine()} with {os.cpu_count()} cores ({platform.python_version()}); "
-        f"time limit {args.limit:g} s per solve, one solve at a time, CP-SAT and HiGHS/CBC with 2 threads.",
-        "Problem: standard placement, F = B = W = 1, act 1, wact 1/2, no comm, no static memory; split "
-        "backward; no recompute or offload. Caps are fractions of 1F1B's peak (p units). Makespans are "
-        "simulated from the decoded schedule (`ir.simulate`), every schedule passed `ir.verify` with the cap.",
-        "Bound: the solver's proven bound, at least `synth.horizon.bounds.horizon_bound` (work, pass, memory, "
-        "order: the longest path of the ordered model's rows, rank: Jackson's preemptive bound per rank); "
-        "\"bound from\" names the larger. `block` and `construct` carry the model's bound without a solver. "
-        "Where a hint already meets that bound the solver returns it at once. Status: the solver's (`hint`: "
-        "nothing better than the hint in time; for `construct` the variant that made it). Seconds are wall time "
-        "including the model's construction (and, for the MILPs, the child process and the LP file CBC reads, "
-        "which its time limit does not cover).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join("---" for _ in header) + " |",
-        *("| " + " | ".join(_fmt(row)) + " |" for row in rows),
-        "",
-        "## Targets",
-        "",
-        *summarize(rows),
-        "",
-    ]
-    if tightening:
-        lines += [
-            "## What each tightening buys (CP-SAT, cap 1/2, same hints)",
-            "",
-            "`rows`: the model's cut rows (order, cap precedences, either rows). `all (run n)`: every "
-            "tightening, run n of the repeats. `no order` also drops the cap rows and the load cuts, which need "
-            "the order; `none` is the model before issue 14 (stage 0's first forwards in order; its floor is "
-            "the bound of its own rows, which without the order is the analytic one).",
-            "",
-            "| " + " | ".join(theader) + " |",
-            "| " + " | ".join("---" for _ in theader) + " |",
-            *("| " + _fmt_tightening(row) + " |" for row in tightening),
-            "",
-        ]
-    text = "\n".join(lines)
+    text = _document(args, rows, tightening, time.perf_counter() - began)
     print(text)
     if out is not None:
         out.write_text(text)

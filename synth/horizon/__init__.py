@@ -2,6 +2,8 @@
 
 - ``synth.horizon.spec``: the model's data (`Horizon`: jobs, precedences, lifespans, budgets),
   hints from schedules, the model check and the decode, shared by both solvers.
+- ``synth.horizon.rows``: the tightening rows (the cap as precedences, load cuts) and the longest
+  paths over the model's rows.
 - ``synth.horizon.cpsat``: the CP-SAT model (`solve_horizon`) and the rank relaxation bound.
 - ``synth.horizon.lns``: large-neighbourhood search from an incumbent (`solve_lns`).
 - ``synth.horizon.milp``: the same model as a MILP (PuLP with HiGHS or CBC) in a child process;

@@ -78,8 +78,8 @@ def analytic_bound(spec: BlockSpec, m: int) -> Bound:
 
 def horizon_bound(h: Horizon, heads_tails: tuple[list, list] | None = None) -> Bound:
     """The largest of `analytic_bound` and the order and rank bounds of the module docstring, on
-    ``h``'s own numbers (``heads_tails``: ``synth.horizon.spec.paths(h)`` if already known)."""
-    from synth.horizon.spec import paths
+    ``h``'s own numbers (``heads_tails``: ``synth.horizon.rows.paths(h)`` if already known)."""
+    from synth.horizon.rows import paths
 
     base = analytic_bound(h.spec, h.m)
     head, tail = heads_tails if heads_tails is not None else paths(h)

@@ -34,7 +34,8 @@ from ortools.sat.python import cp_model
 from ir import Op
 from synth.block.spec import Pass
 from synth.horizon.bounds import horizon_bound
-from synth.horizon.spec import KEEP, Horizon, Solution, exists, fits_model, load_terms, paths, realize
+from synth.horizon.rows import load_terms, paths
+from synth.horizon.spec import KEEP, Horizon, Solution, exists, fits_model, realize
 
 __all__ = ["HorizonResult", "Progress", "rank_relaxation_bound", "solve_horizon"]
 
@@ -211,7 +212,7 @@ def add_makespan(model: cp_model.CpModel, v: _Vars, h: Horizon, floor: int) -> N
 def add_load_cuts(model: cp_model.CpModel, v: _Vars, h: Horizon, tails: list[int]) -> None:
     """Under the microbatch order, the makespan is at least the start of a rank's first pass of
     microbatch i plus the rank's work of microbatches i..m-1 plus their least tail
-    (``synth.horizon.spec.load_terms``)."""
+    (``synth.horizon.rows.load_terms``)."""
     for anchor, _, work in load_terms(h, tails):
         model.Add(v.makespan >= v.start[anchor] + work)
 
@@ -269,7 +270,8 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
     fitting = sorted((s for s in hints if fits_model(h, s)), key=lambda s: s.makespan(h))
     best_hint = fitting[0] if fitting else None
     upper = h.upper if best_hint is None else min(h.upper, best_hint.makespan(h))
-    floor = int(math.ceil(horizon_bound(h).value - 1e-9))
+    heads, tails = paths(h)
+    floor = int(math.ceil(horizon_bound(h, (heads, tails)).value - 1e-9))
     if floor > upper:
         return HorizonResult(None, None, floor, False, "infeasible", time.perf_counter() - began, "cpsat")
     if best_hint is not None and upper <= floor:  # the hint meets the analytic bound: nothing to search
@@ -278,7 +280,6 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
                              [(round(seconds, 3), upper, upper)])
 
     model = cp_model.CpModel()
-    heads, tails = paths(h)
     v = _variables(model, h, upper, (heads, tails) if h.tighten.windows else None)
     add_no_overlap(model, v, h)
     add_precedences(model, v, h)
@@ -323,7 +324,7 @@ def solve_horizon(h: Horizon, *, time_limit: float, workers: int = 2, hints: lis
 def rank_relaxation_bound(h: Horizon, rank: int, time_limit: float, heads_tails: tuple[list, list] | None = None,
                           hint: Solution | None = None, workers: int = 2) -> int | None:
     """A lower bound on the makespan from one rank alone, solved by CP-SAT: the rank's jobs with
-    their heads and tails (``synth.horizon.spec.paths``), one at a time, each microbatch's passes on
+    their heads and tails (``synth.horizon.rows.paths``), one at a time, each microbatch's passes on
     the rank apart by at least the longest precedence path between them through the other ranks,
     the model's order and cap rows between the rank's own jobs, and its memory (the cumulative
     unless the rows are exact). Every solution of the model restricted to the rank is a solution

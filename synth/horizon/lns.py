@@ -86,7 +86,8 @@ from ortools.sat.python import cp_model
 from ir import Op
 from synth.horizon import bounds as _bounds
 from synth.horizon.cpsat import HorizonResult, Progress, rank_relaxation_bound
-from synth.horizon.spec import Horizon, Solution, exists, fits_model, paths, realize, reload_offers, violations
+from synth.horizon.rows import paths
+from synth.horizon.spec import Horizon, Solution, exists, fits_model, realize, reload_offers, violations
 
 __all__ = ["solve_lns"]
 
@@ -114,10 +115,11 @@ def solve_lns(h: Horizon, incumbent: Solution, *, time_limit: float, workers: in
         raise ValueError("the incumbent does not satisfy the model: " + "; ".join(violations(h, incumbent)[:3]))
     if window_jobs < 1:
         raise ValueError(f"window_jobs must be positive, got {window_jobs!r}")
-    bound = _bound(h)
+    heads_tails = paths(h)
+    bound = int(math.ceil(_bounds.horizon_bound(h, heads_tails).value - 1e-9))
     if incumbent.makespan(h) > bound:
-        bound = max(bound, _relaxed(h, incumbent, RELAX_SHARE * time_limit, workers))
-    search = _Search(h, incumbent, bound, workers, seed, progress, began)
+        bound = max(bound, _relaxed(h, incumbent, RELAX_SHARE * time_limit, workers, heads_tails))
+    search = _Search(h, incumbent, bound, workers, seed, progress, began, heads_tails)
     search.record()
     if search.makespan > bound:
         search.run(time_limit, window_jobs)
@@ -130,12 +132,12 @@ def solve_lns(h: Horizon, incumbent: Solution, *, time_limit: float, workers: in
     return HorizonResult(best, makespan, final, proven, status, seconds, "cpsat-lns", search.history)
 
 
-def _relaxed(h: Horizon, incumbent: Solution, seconds: float, workers: int) -> int:
+def _relaxed(h: Horizon, incumbent: Solution, seconds: float, workers: int, heads_tails: tuple[list, list]) -> int:
     """The best rank-relaxation bound (``synth.horizon.cpsat.rank_relaxation_bound``) of the
     `RELAX_RANKS` ranks with the largest Jackson bound, ``seconds`` shared among them; 0 if none."""
     if not h.ordered or seconds < 0.1:
         return 0
-    heads, tails = paths(h)
+    heads, tails = heads_tails
     per_rank: dict[int, list[tuple[int, int, int]]] = {}
     for j in range(len(h.jobs)):
         if not h.copy[j] and h.dur[j] > 0:
@@ -143,30 +145,23 @@ def _relaxed(h: Horizon, incumbent: Solution, seconds: float, workers: int) -> i
     ranks = sorted(per_rank, key=lambda r: -_bounds.jackson(per_rank[r]))[:RELAX_RANKS]
     out = 0
     for r in ranks:
-        value = rank_relaxation_bound(h, r, seconds / len(ranks), (heads, tails), incumbent, workers)
+        value = rank_relaxation_bound(h, r, seconds / len(ranks), heads_tails, incumbent, workers)
         out = max(out, value or 0)
     return min(out, incumbent.makespan(h))
-
-
-def _bound(h: Horizon) -> int:
-    """The analytic bound on the model's integers (`horizon_bound`, or `analytic_bound` where that is missing)."""
-    horizon_bound = getattr(_bounds, "horizon_bound", None)
-    value = horizon_bound(h).value if horizon_bound is not None else _bounds.analytic_bound(h.spec, h.m).value
-    return int(math.ceil(value - 1e-9))
 
 
 class _Search:
     """The incumbent, the history and the loop over windows."""
 
     def __init__(self, h: Horizon, incumbent: Solution, bound: int, workers: int, seed: int,
-                 progress: Progress | None, began: float) -> None:
+                 progress: Progress | None, began: float, heads_tails: tuple[list, list]) -> None:
         self.h, self.bound, self.workers, self.seed = h, bound, workers, seed
         self.progress, self.began = progress, began
         self.best = incumbent
         self.makespan = incumbent.makespan(h)
         self.history: list[tuple[float, int | None, int]] = []
         self.rng = random.Random(seed)
-        self.heads, self.tails = paths(h)
+        self.heads, self.tails = heads_tails
         self.max_gap = max([0, *(gap for _, _, gap in h.links)])
         self.max_dur = max(h.dur, default=0)
         self.solves = 0  # sub-solves run (each gets its own seed)
@@ -341,7 +336,7 @@ def _window_model(h: Horizon, inc: Solution, t0: int, t1: int, reach: int, heads
             continue  # both in the prefix
         model.Add(expr(later) >= expr(earlier) + h.dur[earlier] + gap)
 
-    for n, (later, first, second) in enumerate(getattr(h, "either", ())):
+    for n, (later, first, second) in enumerate(h.either):
         _add_either(model, s, (later, first, second), expr, h.dur, (in_window, in_suffix), n)
 
     lanes: dict[tuple[int, bool], list] = {}

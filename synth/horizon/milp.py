@@ -96,6 +96,7 @@ from typing import TYPE_CHECKING, Any
 from synth.block.spec import BlockError, BlockSpec
 from synth.child import ask, serve
 from synth.horizon.bounds import horizon_bound
+from synth.horizon.rows import paths
 from synth.horizon.spec import Horizon, Solution, Tighten, expand, fits_model, realize, violations
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     fitting = sorted((s for s in hints if fits_model(h, s)), key=lambda s: s.makespan(h))
     best_hint = fitting[0] if fitting else None
     upper = h.upper if best_hint is None else min(h.upper, best_hint.makespan(h))
-    floor = _floor(h, upper)
+    heads_tails = paths(h)
+    floor = _floor(h, upper, heads_tails)
 
     def reply(solution: Solution | None, bound: int, status: str) -> dict[str, Any]:
         return {"solution": None if solution is None else solution.to_json(),
@@ -180,7 +182,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         return reply(None, floor, "infeasible")
     from synth.horizon.milp_model import Model  # imports pulp: the child only
 
-    model = Model(h, upper, floor)
+    model = Model(h, upper, floor, heads_tails)
     if request.get("build_only"):
         return {"size": model.size()}
     if best_hint is not None:
@@ -212,10 +214,10 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     return reply(None, bound, "unknown")
 
 
-def _floor(h: Horizon, upper: int) -> int:
+def _floor(h: Horizon, upper: int, heads_tails: tuple[list, list]) -> int:
     """``ceil`` of ``synth.horizon.bounds.horizon_bound``; ``upper + 1`` (infeasible) when it is infinite
     (a budget that holds no microbatch)."""
-    value = horizon_bound(h).value
+    value = horizon_bound(h, heads_tails).value
     return upper + 1 if math.isinf(value) else int(math.ceil(value - 1e-9))
 
 

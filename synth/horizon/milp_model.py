@@ -12,7 +12,8 @@ from typing import Any
 
 from ir import Op
 from synth.block.spec import BlockError, Pass
-from synth.horizon.spec import KEEP, Horizon, Solution, exists, load_terms, paths, topological
+from synth.horizon.rows import load_terms, paths, topological
+from synth.horizon.spec import KEEP, Horizon, Solution, exists
 
 __all__ = ["Model", "closure"]
 
@@ -62,6 +63,7 @@ class Model:
     h: Horizon
     upper: int
     floor: int
+    heads_tails: tuple[list, list] | None = None  # ``paths(h)``, if the caller has it
     prob: Any = None
     start: dict[int, Any] = field(default_factory=dict)
     x: dict[tuple[int, str], Any] = field(default_factory=dict)
@@ -82,7 +84,7 @@ class Model:
         self.weight = 1 + len(self.h.groups)
         self.prob = pulp.LpProblem("horizon", pulp.LpMinimize)
         self.after_start, self.after_end, self.strictly, self.mandatory = closure(self.h)
-        self.heads, self.tails = paths(self.h)
+        self.heads, self.tails = self.heads_tails or paths(self.h)
         self._variables()
         self._precedences()
         self._either()

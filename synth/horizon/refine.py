@@ -85,8 +85,9 @@ def full_horizon(costs: Costs, placement: Placement, m: int, options: BlockOptio
     began = time.perf_counter()
     spec = block_spec(costs, placement, options)
     h = expand(spec, m)
-    solutions = [s for s in (hint_from_schedule(h, x) for x in hints) if s is not None]
-    first = hint_from_schedule(h, hints[0]) if hints else None  # the best schedule, fitting or not
+    converted = [hint_from_schedule(h, x) for x in hints]
+    solutions = [s for s in converted if s is not None]
+    first = converted[0] if converted else None  # the best schedule's, fitting the model or not
     if progress is not None:
         in_ms = progress
 

@@ -15,7 +15,8 @@ from synth.block.spec import BlockOptions, block_spec
 from synth.horizon.bounds import horizon_bound
 from synth.horizon.cpsat import solve_horizon
 from synth.horizon.lns import _window_model, solve_lns
-from synth.horizon.spec import NO_TIGHTEN, Solution, Tighten, expand, fits_model, hint_from_schedule, paths, to_schedule
+from synth.horizon.rows import paths
+from synth.horizon.spec import NO_TIGHTEN, Solution, Tighten, expand, fits_model, hint_from_schedule, to_schedule
 
 P = 4
 COSTS = Costs.uniform(P, f=1, b=1, w=1, act=1.0, wact=0.5)
