@@ -13,6 +13,15 @@ Rules, in the order they are checked:
 - dependency order (rules ``forward-chain``, ``backward-chain``, ``slice-order``,
   ``backward-after-forward``, ``split-backward``, ``recompute``, ``offload``,
   ``comm``): a dependency on the same rank comes earlier in the program.
+  Slices with recompute or offload need no rule of their own (DESIGN.md's dependencies imply it):
+  recomputing slice j of a unit re-runs its forward against the keys and values of slices
+  ``0..j-1`` of the same microbatch and stage, which their forwards made before F(s,i,j) (``slice-order``)
+  and which stay on the rank until those slices' own backwards, and those come after B(s,i,j)
+  (``slice-order`` backward), so after R(s,i,j). A slice's own K/V are kept on the rank from its
+  F to its B whatever its variant: a recomputed slice keeps them with its input (the cost model
+  counts them in ``inp``); an offloaded one leaves them on the device in the executor (the later
+  slices' forwards read them), while OFFLOAD is charged the whole ``act``: with slices the IR
+  overstates what an offload frees by that K/V share (a known approximation).
 - ``deadlock``: the ranks can run their programs to the end when every SEND blocks
   until its RECV is posted and every RECV until its SEND is (unlowered: an action
   waits for its cross-rank dependencies to finish).

@@ -35,10 +35,6 @@ class Variants:
     recompute: bool = True
     offload: bool = True
 
-    def for_slices(self, k: int) -> Variants:
-        """Recompute and offload are offered only without sequence slices (k = 1)."""
-        return self if k == 1 else Variants(self.split_backward, False, False)
-
     @property
     def keep_only(self) -> Variants:
         """The restricted problem: neither recompute nor offload (solved first, hinting the larger one)."""
@@ -102,9 +98,6 @@ class SynthProblem:
     variants: Variants
     budget: Budget
     _cache: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self.variants = self.variants.for_slices(self.k)
 
     def costs(self, placement: Placement, k: int | None = None) -> Costs:
         """The costs of ``placement`` with ``k`` slices (default: the problem's), computed once.

@@ -92,9 +92,9 @@ class SynthOptions:
         placements: placement kinds to synthesize for ("standard", "interleaved", "v", "waves").
         chunks: stages per rank for interleaved, waves for waves.
         split_backward: B and W as separate passes.
-        recompute: schedules may recompute units (k = 1 only); library schedules that do are
+        recompute: schedules may recompute units; library schedules that do are
             skipped when False.
-        offload: schedules may offload units (k = 1 only); likewise.
+        offload: schedules may offload units; likewise.
         solver: "cpsat", "highs" or "cbc".
         time_limit: seconds for the whole search (every method; see ``BLOCK_SHARE``).
         ticks: time resolution of the block model (ticks for the longest pass).

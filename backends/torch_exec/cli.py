@@ -46,6 +46,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu (gloo) or cuda (NCCL, one GPU per rank); default cpu")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may take (default 60)")
+    parser.add_argument("--slice-lengths", default="auto",
+                        help="tokens of each sequence slice: 'auto' (default: the cut the schedule records in "
+                        "meta.slice_bounds, e.g. the cost model's compute-balanced one, scaled to the model's "
+                        "sequence; else equal slices), 'equal', or k comma-separated counts such as 7,5,4")
     parser.add_argument("--trace", type=Path, help="write a Chrome trace of the last step's real run here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --trace file")
 
@@ -77,6 +81,21 @@ def _model(args: argparse.Namespace, schedule: Schedule) -> Any:
     return model_spec(args.model, **options)
 
 
+def _slice_lengths(text: str, schedule: Schedule, spec: Any) -> tuple[int, ...] | None:
+    """``--slice-lengths`` as token counts (None: equal slices)."""
+    from backends.torch_exec.executor import slice_lengths
+
+    if text == "equal" or schedule.k == 1 or spec.seq_len is None:
+        return None
+    if text == "auto":
+        return slice_lengths(schedule, spec.seq_len)
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--slice-lengths {text!r}: give 'auto', 'equal' or k comma-separated token counts "
+                         "(e.g. 7,5,4)") from None
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``synth run``; returns the exit code (errors are printed, never raised)."""
     from backends.torch_exec.executor import ExecutorError, prepare_schedule
@@ -90,11 +109,12 @@ def run_command(args: argparse.Namespace) -> int:
         under_torchrun = found is not None
         nproc = found[1] if under_torchrun else schedule.p if args.nproc is None else args.nproc
         batch = args.batch_size or 2 * schedule.m
-        prepare_schedule(schedule, spec, world_size=nproc, batch_size=batch)
+        lengths = _slice_lengths(args.slice_lengths, schedule, spec)
+        prepare_schedule(schedule, spec, world_size=nproc, batch_size=batch, lengths=lengths)
         if args.trace is not None:
             check_writable(args.trace, args.force)
         cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, seed=args.seed, timeout=args.timeout,
-                        record_spans=args.trace is not None, device=args.device)
+                        record_spans=args.trace is not None, device=args.device, slice_lengths=lengths)
         results = _run_torchrun(cfg) if under_torchrun else _run_local(cfg, nproc)
     except (ExecutorError, ScheduleError, ValueError, OSError) as err:
         print(f"synth run: {err}", file=sys.stderr)

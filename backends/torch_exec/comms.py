@@ -52,7 +52,7 @@ class Mailbox:
         group: the process group (default: the world).
     """
 
-    def __init__(self, rank: int, schedule: Schedule, shapes: list[TensorMeta], device: torch.device,
+    def __init__(self, rank: int, schedule: Schedule, shapes: list[list[TensorMeta]], device: torch.device,
                  timeout: float, group: dist.ProcessGroup | None = None) -> None:
         self.rank = rank
         self.placement = schedule.placement
@@ -88,7 +88,7 @@ class Mailbox:
             return _InFlight(action, self.placement.rank_of(s + 1), self._outgoing(action))
         if action.op is Op.SEND_B:
             return _InFlight(action, self.placement.rank_of(s - 1), self._outgoing(action))
-        meta = self.shapes[s - 1] if action.op is Op.RECV_F else self.shapes[s]
+        meta = (self.shapes[s - 1] if action.op is Op.RECV_F else self.shapes[s])[action.slice]
         peer = self.placement.rank_of(s - 1 if action.op is Op.RECV_F else s + 1)
         return _InFlight(action, peer, torch.empty(meta.shape, dtype=meta.dtype, device=self.device))
 

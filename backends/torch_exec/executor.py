@@ -28,7 +28,8 @@ from backends.torch_exec.passes import KVChain, StageRunner, Unit, unit_seed
 from backends.torch_exec.stages import StageCountError, check_stage_count
 from ir import Action, Op, Schedule, ScheduleError, lower
 
-__all__ = ["ExecutorError", "RankExecutor", "SpanRecord", "StepRecord", "prepare_schedule", "split_batch"]
+__all__ = ["ExecutorError", "RankExecutor", "SpanRecord", "StepRecord", "prepare_schedule", "slice_lengths",
+           "split_batch"]
 
 
 class ExecutorError(ValueError):
@@ -36,11 +37,13 @@ class ExecutorError(ValueError):
 
 
 def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | None = None,
-                     batch_size: int | None = None, stage_layers: Sequence[int] | None = None) -> Schedule:
+                     batch_size: int | None = None, stage_layers: Sequence[int] | None = None,
+                     lengths: Sequence[int] | None = None) -> Schedule:
     """``schedule`` verified and lowered, or `ExecutorError` saying why it cannot run.
 
     Checks, in order: ``ir.verify`` (completeness, order, deadlock), the number of ranks, the
-    stage count against the model's layers, sequence slices against the model, the batch against ``m``.
+    stage count against the model's layers, sequence slices against the model (``lengths``: the
+    tokens of each slice, None for equal ones), the batch against ``m``.
     """
     try:
         lowered = lower(schedule)  # runs verify's structural rules (deadlock included) and raises on them
@@ -57,21 +60,57 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
         if spec.seq_dim is None or spec.seq_len is None:
             raise ExecutorError(f"the schedule cuts microbatches into k={schedule.k} sequence slices, but model "
                                 f"{spec.name!r} has no slice-aware layers; use a schedule with k=1")
-        if spec.seq_len % schedule.k:
-            raise ExecutorError(f"k={schedule.k} sequence slices must divide the sequence length {spec.seq_len}")
+        if lengths is not None:
+            check_lengths(lengths, schedule.k, spec.seq_len)
+        elif spec.seq_len % schedule.k:
+            raise ExecutorError(f"k={schedule.k} equal sequence slices must divide the sequence length "
+                                f"{spec.seq_len}; give the slice lengths (--slice-lengths) or pick a k that divides it")
     if batch_size is not None and batch_size % schedule.m:
         raise ExecutorError(f"batch size {batch_size} is not a multiple of the schedule's m={schedule.m} "
                             "microbatches; use a batch size that m divides")
     return lowered
 
 
-def split_batch(tensor: Tensor, m: int, k: int, seq_dim: int | None) -> list[list[Tensor]]:
-    """``out[i][j]``: microbatch i (along dim 0), slice j (along ``seq_dim``), each its own tensor
-    (a copy, so that what a unit holds is its own data, not a view keeping the whole batch)."""
+def check_lengths(lengths: Sequence[int], k: int, seq_len: int) -> None:
+    """Refuse slice lengths that are not k positive ints summing to the sequence length."""
+    if len(lengths) != k or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths) \
+            or sum(lengths) != seq_len:
+        raise ExecutorError(f"slice lengths {list(lengths)} must be k={k} positive token counts summing to the "
+                            f"model's sequence length {seq_len}")
+
+
+def slice_lengths(schedule: Schedule, seq_len: int) -> tuple[int, ...] | None:
+    """The tokens of each slice for a model of ``seq_len`` tokens: the schedule's own cut
+    (``meta["slice_bounds"]``, token boundaries the cost model chose, e.g. its compute-balanced
+    split) scaled to ``seq_len`` and rounded, every slice at least one token; None (equal slices)
+    when the schedule has one slice or records no cut."""
+    bounds = schedule.meta.get("slice_bounds")
+    if schedule.k == 1 or not bounds:
+        return None
+    if len(bounds) != schedule.k + 1 or seq_len < schedule.k:
+        raise ExecutorError(f"the schedule's slice_bounds {list(bounds)} do not describe k={schedule.k} slices "
+                            f"of a {seq_len}-token sequence")
+    total = bounds[-1] - bounds[0]
+    cuts = [0]
+    for j, b in enumerate(bounds[1:-1], start=1):
+        cut = round((b - bounds[0]) * seq_len / total)
+        cuts.append(min(max(cut, cuts[-1] + 1), seq_len - (schedule.k - j)))
+    cuts.append(seq_len)
+    return tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
+
+
+def split_batch(tensor: Tensor, m: int, k: int, seq_dim: int | None,
+                lengths: Sequence[int] | None = None) -> list[list[Tensor]]:
+    """``out[i][j]``: microbatch i (along dim 0), slice j (along ``seq_dim``; ``lengths`` tokens
+    each, or equal), each its own tensor (a copy, so that what a unit holds is its own data, not a
+    view keeping the whole batch)."""
     out = []
     for mb in tensor.chunk(m, dim=0):
-        out.append([mb.clone()] if k == 1 else [c.clone(memory_format=torch.contiguous_format)
-                                                for c in mb.chunk(k, dim=seq_dim)])
+        if k == 1:
+            out.append([mb.clone()])
+            continue
+        parts = mb.chunk(k, dim=seq_dim) if lengths is None else mb.split(list(lengths), dim=seq_dim)
+        out.append([c.clone(memory_format=torch.contiguous_format) for c in parts])
     return out
 
 

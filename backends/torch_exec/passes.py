@@ -17,7 +17,7 @@ reverse order) starts from them, next to the gradient of its output.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -107,16 +107,22 @@ class StageRunner:
     Args:
         module: the stage.
         loss_fn: ``loss_fn(output, target)``, mean loss of one unit (last stage only).
-        loss_scale: multiplies each unit's loss (``1 / (m k)``: the step's loss is a mean).
+        loss_scale: multiplies each unit's loss (``1 / (m k)``: the step's loss is a mean); with
+            unequal ``lengths`` slice j's is scaled by its share of the tokens, ``k lengths[j] / seq``,
+            so the step's loss is still the mean over every token.
         k: sequence slices per microbatch.
         seq_dim: the dim of stage inputs that slices cut (only used when k > 1).
         tracker, copier: memory accounting and host copies of the rank.
+        lengths: tokens of each slice (None: equal slices); slice j starts at the sum of the earlier ones.
     """
 
     def __init__(self, module: StageModule, loss_fn: Callable[[Tensor, Tensor], Tensor], loss_scale: float,
-                 k: int, tracker: MemoryTracker, copier: Copier, seq_dim: int | None = None) -> None:
+                 k: int, tracker: MemoryTracker, copier: Copier, seq_dim: int | None = None,
+                 lengths: Sequence[int] | None = None) -> None:
         self.module = module
         self.seq_dim = seq_dim
+        self.offsets = None if lengths is None else [sum(lengths[:j]) for j in range(len(lengths))]
+        self.scales = [loss_scale] * k if lengths is None else [loss_scale * k * n / sum(lengths) for n in lengths]
         self.loss_fn = loss_fn
         self.loss_scale = loss_scale
         self.k = k
@@ -148,7 +154,7 @@ class StageRunner:
         with torch.no_grad():
             out, _, _ = self.module.run(unit.x, slices)
             if self.module.is_last:
-                unit.loss = self.loss_fn(out, unit.target) * self.loss_scale
+                unit.loss = self.loss_fn(out, unit.target) * self.scales[unit.slice]
         self._store_presents(unit, slices)
         return unit.loss if self.module.is_last else out
 
@@ -165,7 +171,7 @@ class StageRunner:
         with unit.memory.hooks():
             out, unit.first, leaf = self.module.run(inp, slices, cut=cut)
             if self.module.is_last:
-                unit.loss = self.loss_fn(out, unit.target) * self.loss_scale
+                unit.loss = self.loss_fn(out, unit.target) * self.scales[unit.slice]
         if first_stage and slices and slices[0].present is not None:
             raise ValueError("the model's first layer carries keys/values across slices; the first stage's first "
                              "layer must not (its backward runs in W), so put an embedding first")
@@ -194,7 +200,8 @@ class StageRunner:
                 if kv is None:
                     continue
                 past.append(tuple(t.detach().requires_grad_() for t in kv) if leaves else kv)
-            out.append(SliceIO(unit.slice * unit.x.shape[self.seq_dim], past))
+            offset = unit.slice * unit.x.shape[self.seq_dim] if self.offsets is None else self.offsets[unit.slice]
+            out.append(SliceIO(offset, past))
         return out
 
     def _store_presents(self, unit: Unit, slices: list[SliceIO] | None) -> None:

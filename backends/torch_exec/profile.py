@@ -57,7 +57,7 @@ def profile_costs(
     shapes = boundary_shapes(spec, num_stages, inputs, k=k, stage_layers=stage_layers)
     rows = []
     for s, module in modules.items():
-        stage_in = xs if s == 0 else [_random(shapes[s - 1], dev, seed=s) for _ in range(k)]
+        stage_in = xs if s == 0 else [_random(meta, dev, seed=s) for meta in shapes[s - 1]]
         out_meta = shapes[s] if s < num_stages - 1 else None
         rows.append(_profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm))
     static = ()
@@ -73,7 +73,7 @@ def _random(meta: TensorMeta, device: torch.device, seed: int) -> Tensor:
 
 
 def _profile_stage(module: StageModule, spec: ModelSpec, xs: list[Tensor], ys: list[Tensor],
-                   out_meta: TensorMeta | None, m: int, k: int, repeats: int, warmup: int, comm: float
+                   out_meta: list[TensorMeta] | None, m: int, k: int, repeats: int, warmup: int, comm: float
                    ) -> tuple[UnitCost, ...]:
     tracker = MemoryTracker()
     runner = StageRunner(module, spec.loss_fn, 1.0 / (m * k), k, tracker, Copier(xs[0].device), spec.seq_dim)
@@ -99,8 +99,11 @@ def _units(runner: StageRunner, xs: list[Tensor], ys: list[Tensor], recompute: b
             for j, (x, y) in enumerate(zip(xs, ys, strict=True))]
 
 
-def _grad(out_meta: TensorMeta | None, device: torch.device) -> Tensor | None:
-    return None if out_meta is None else torch.ones(out_meta.shape, dtype=out_meta.dtype, device=device)
+def _grad(out_meta: list[TensorMeta] | None, slice_: int, device: torch.device) -> Tensor | None:
+    if out_meta is None:
+        return None
+    meta = out_meta[slice_]
+    return torch.ones(meta.shape, dtype=meta.dtype, device=device)
 
 
 def _timed(fn, sync) -> float:
@@ -125,8 +128,8 @@ def _split_round(runner, xs, ys, out_meta, tracker, sync, samples) -> None:
         _put(samples, unit.slice, "act", tracker.level - before)
     for unit in reversed(units):
         held = tracker.level
-        _put(samples, unit.slice, "b", _timed(lambda u=unit: runner.backward_input(u, _grad(out_meta, xs[0].device)),
-                                              sync))
+        grad = _grad(out_meta, unit.slice, xs[0].device)
+        _put(samples, unit.slice, "b", _timed(lambda u=unit, g=grad: runner.backward_input(u, g), sync))
         _put(samples, unit.slice, "freed_b", held - tracker.level)
     for unit in units:
         held = tracker.level
@@ -139,8 +142,8 @@ def _fused_round(runner, xs, ys, out_meta, sync, samples) -> None:
     for unit in units:
         runner.forward(unit)
     for unit in reversed(units):
-        _put(samples, unit.slice, "bw", _timed(lambda u=unit: runner.backward_full(u, _grad(out_meta, xs[0].device)),
-                                               sync))
+        grad = _grad(out_meta, unit.slice, xs[0].device)
+        _put(samples, unit.slice, "bw", _timed(lambda u=unit, g=grad: runner.backward_full(u, g), sync))
 
 
 def _recompute_round(runner, xs, ys, tracker, sync, samples) -> None:

@@ -39,11 +39,13 @@ class Reference:
 def reference_step(
     spec: ModelSpec, batch_size: int, *, num_stages: int, m: int = 1, k: int = 1, per_unit: bool = True,
     seed: int = 0, data_seed: int = 0, stage_layers: Sequence[int] | None = None, steps: int = 1, lr: float = 0.0,
+    lengths: Sequence[int] | None = None,
 ) -> Reference:
     """Loss and gradients of the first step (and parameters after ``steps`` SGD steps at ``lr``).
 
     ``num_stages`` and ``stage_layers`` only fix where the per-unit dropout seeds change
-    (stage boundaries); the model and its weights are the same for any split.
+    (stage boundaries); the model and its weights are the same for any split. ``lengths``: the
+    tokens of each of the ``k`` slices (None: equal slices).
     """
     stages = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers)
     params = [p for st in stages.values() for p in st.parameters()]
@@ -53,7 +55,7 @@ def reference_step(
         for p in params:
             p.grad = None
         if per_unit:
-            loss = _per_unit_loss(spec, stages, inputs, targets, m, k, seed, step)
+            loss = _per_unit_loss(spec, stages, inputs, targets, m, k, seed, step, lengths)
         else:
             if any(st.stochastic for st in stages.values()):
                 raise ValueError("the whole-batch reference cannot draw per-unit dropout; use per_unit=True")
@@ -71,8 +73,8 @@ def reference_step(
 
 
 def _per_unit_loss(spec: ModelSpec, stages: dict, inputs: Tensor, targets: Tensor, m: int, k: int, seed: int,
-                   step: int) -> Tensor:
-    xs, ys = split_batch(inputs, m, k, spec.seq_dim), split_batch(targets, m, k, spec.seq_dim)
+                   step: int, lengths: Sequence[int] | None) -> Tensor:
+    xs, ys = (split_batch(t, m, k, spec.seq_dim, lengths) for t in (inputs, targets))
     total = torch.zeros(())
     for i in range(m):
         presents: dict[int, list[list]] = {s: [[] for _ in range(st.num_slice_layers)] for s, st in stages.items()}
@@ -82,14 +84,16 @@ def _per_unit_loss(spec: ModelSpec, stages: dict, inputs: Tensor, targets: Tenso
                 torch.manual_seed(unit_seed(seed, step, s, i, j))
                 slices = None
                 if k > 1:
-                    slices = [SliceIO(j * xs[i][j].shape[spec.seq_dim], list(past)) for past in presents[s]]
+                    offset = sum(xs[i][jj].shape[spec.seq_dim] for jj in range(j))
+                    slices = [SliceIO(offset, list(past)) for past in presents[s]]
                 x, _, _ = st.run(x, slices)
                 if slices is not None:
                     for past, sl in zip(presents[s], slices, strict=True):
                         if sl.present is not None:
                             past.append(sl.present)
-            total = total + spec.loss_fn(x, ys[i][j])
-    return total / (m * k)
+            share = ys[i][j].shape[spec.seq_dim] / spec.seq_len if k > 1 else 1.0  # the slice's share of tokens
+            total = total + spec.loss_fn(x, ys[i][j]) * share
+    return total / m
 
 
 def _named(stages: dict, grads: bool) -> dict[str, Tensor]:

@@ -170,23 +170,33 @@ def fingerprint(layers: Sequence[nn.Module]) -> str:
 
 
 def boundary_shapes(
-    spec: ModelSpec, num_stages: int, microbatch: Tensor, *, k: int = 1, stage_layers: Sequence[int] | None = None
-) -> list[TensorMeta]:
-    """The output of every stage but the last for one unit (a microbatch, or one of its ``k``
-    slices), found by running the whole model on the meta device (no compute, no comms).
+    spec: ModelSpec, num_stages: int, microbatch: Tensor, *, k: int = 1, stage_layers: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
+) -> list[list[TensorMeta]]:
+    """``out[s][j]``: the output of stage s (every stage but the last) for slice j of a microbatch
+    (j = 0 only when k = 1), found by running the whole model on the meta device (no compute, no
+    comms), once per distinct slice length.
 
     Args:
         microbatch: one microbatch of inputs (any device; only its shape and dtype are used).
+        lengths: tokens of each of the k slices (None: equal slices).
     """
     with torch.device("meta"):
         stages = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers, device="meta")
-    x = torch.empty(microbatch.shape, dtype=microbatch.dtype, device="meta")
-    if k > 1:
-        x = x.narrow(spec.seq_dim, 0, x.shape[spec.seq_dim] // k)
-    out = []
-    with torch.no_grad():
-        for s in range(num_stages - 1):
-            slices = [SliceIO(0) for _ in range(stages[s].num_slice_layers)] if k > 1 else None
-            x, _, _ = stages[s].run(x, slices)
-            out.append(TensorMeta(tuple(x.shape), x.dtype))
-    return out
+    if k == 1:
+        lengths = [None]
+    elif lengths is None:
+        lengths = [microbatch.shape[spec.seq_dim] // k] * k
+    by_length: dict[int | None, list[TensorMeta]] = {}
+    for n in dict.fromkeys(lengths):
+        x = torch.empty(microbatch.shape, dtype=microbatch.dtype, device="meta")
+        if n is not None:
+            x = x.narrow(spec.seq_dim, 0, n)
+        metas = []
+        with torch.no_grad():
+            for s in range(num_stages - 1):
+                slices = [SliceIO(0) for _ in range(stages[s].num_slice_layers)] if n is not None else None
+                x, _, _ = stages[s].run(x, slices)
+                metas.append(TensorMeta(tuple(x.shape), x.dtype))
+        by_length[n] = metas
+    return [[by_length[n][s] for n in lengths] for s in range(num_stages - 1)]

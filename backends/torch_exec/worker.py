@@ -46,6 +46,9 @@ class RunConfig:
         device: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, one GPU per process).
         recv_lookahead: on gloo, post each receive this many compute actions before the lowered
             program does (None: all at the step's start); NCCL always keeps the program's order.
+        slice_lengths: tokens of each sequence slice (k values summing to the model's sequence
+            length; e.g. ``executor.slice_lengths(schedule, seq_len)``, the cost model's cut); None
+            cuts equal slices.
     """
 
     schedule: Schedule
@@ -62,6 +65,7 @@ class RunConfig:
     keep_params: bool = False
     device: str = "cpu"
     recv_lookahead: int | None = 2
+    slice_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps"):
@@ -104,8 +108,8 @@ def make_runners(cfg: RunConfig, stages: tuple[int, ...], device: torch.device, 
         raise ExecutorError(f"refusing to run: {exc}") from None
     copier = Copier(device)
     scale = 1.0 / (schedule.m * schedule.k)
-    runners = {s: StageRunner(mod, cfg.model.loss_fn, scale, schedule.k, tracker, copier, cfg.model.seq_dim)
-               for s, mod in modules.items()}
+    runners = {s: StageRunner(mod, cfg.model.loss_fn, scale, schedule.k, tracker, copier, cfg.model.seq_dim,
+                              cfg.slice_lengths) for s, mod in modules.items()}
     return runners, fingerprint(layers)
 
 
@@ -122,14 +126,14 @@ def check_same_weights(digest: str, world_size: int) -> None:
 
 
 def learn_weight_plans(runner: StageRunner, inputs: list[Tensor], targets: list[Tensor],
-                       out_meta: TensorMeta | None) -> None:
+                       out_meta: list[TensorMeta] | None) -> None:
     """Run one microbatch (all its slices) through F, B and W on ``runner`` and record which saved
     tensors W reads; later B passes free the others. Leaves no gradients and no saved bytes behind.
 
     Args:
         inputs: one microbatch's input of this stage, per slice.
         targets: the loss targets per slice (used on the last stage).
-        out_meta: the stage's output (None on the last stage), for a stand-in output gradient.
+        out_meta: the stage's output per slice (None on the last stage), for a stand-in output gradient.
     """
     chain = KVChain() if runner.k > 1 else None
     units = [runner.new_unit(0, j, x, t, 0, chain=chain) for j, (x, t) in enumerate(zip(inputs, targets, strict=True))]
@@ -137,7 +141,8 @@ def learn_weight_plans(runner: StageRunner, inputs: list[Tensor], targets: list[
         runner.forward(unit)
     device = inputs[0].device
     for unit in reversed(units):
-        grad = None if out_meta is None else torch.ones(out_meta.shape, dtype=out_meta.dtype, device=device)
+        meta = None if out_meta is None else out_meta[unit.slice]
+        grad = None if meta is None else torch.ones(meta.shape, dtype=meta.dtype, device=device)
         runner.backward_input(unit, grad)
     for unit in units:
         unit.memory.recording = set()
@@ -148,13 +153,12 @@ def learn_weight_plans(runner: StageRunner, inputs: list[Tensor], targets: list[
         param.grad = None
 
 
-def _probe_inputs(stage: int, shapes: list[TensorMeta], batch: list[list[Tensor]], device: torch.device
+def _probe_inputs(stage: int, shapes: list[list[TensorMeta]], batch: list[list[Tensor]], device: torch.device
                   ) -> list[Tensor]:
     if stage == 0:
         return batch[0]
-    meta = shapes[stage - 1]
     gen = torch.Generator().manual_seed(stage)
-    return [torch.randn(meta.shape, generator=gen).to(device=device, dtype=meta.dtype) for _ in batch[0]]
+    return [torch.randn(meta.shape, generator=gen).to(device=device, dtype=meta.dtype) for meta in shapes[stage - 1]]
 
 
 def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | None = None) -> RankResult:
@@ -166,16 +170,16 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | 
     """
     device = device or torch.device("cpu")
     schedule = prepare_schedule(cfg.schedule, cfg.model, world_size=world_size, batch_size=cfg.batch_size,
-                                stage_layers=cfg.stage_layers)
+                                stage_layers=cfg.stage_layers, lengths=cfg.slice_lengths)
     stages = schedule.placement.stages_of(rank)
     tracker = MemoryTracker(keep_curve=cfg.record_spans)
     runners, digest = make_runners(cfg, stages, device, tracker)
     check_same_weights(digest, world_size)
     inputs, targets = (t.to(device) for t in cfg.model.make_batch(cfg.batch_size, cfg.data_seed))
     seq_dim = cfg.model.seq_dim
-    xs, ys = (split_batch(t, schedule.m, schedule.k, seq_dim) for t in (inputs, targets))
+    xs, ys = (split_batch(t, schedule.m, schedule.k, seq_dim, cfg.slice_lengths) for t in (inputs, targets))
     shapes = boundary_shapes(cfg.model, schedule.num_stages, inputs.chunk(schedule.m)[0], k=schedule.k,
-                             stage_layers=cfg.stage_layers)
+                             stage_layers=cfg.stage_layers, lengths=cfg.slice_lengths)
     for s, runner in runners.items():
         learn_weight_plans(runner, _probe_inputs(s, shapes, xs, device), ys[0],
                            shapes[s] if s < schedule.num_stages - 1 else None)

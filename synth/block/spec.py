@@ -11,8 +11,10 @@ into a MILP (PuLP, HiGHS or CBC) in another process, which is why the data round
 JSON. Neither solver sees the costs again, so the two models cannot drift apart. The period
 search both solvers run is ``synth.block.period``.
 
-Recompute and offload are offered only without sequence slices (k = 1): a recomputed slice
-would need the K/V of earlier slices, which a recomputed earlier slice has not rebuilt yet.
+Recompute and offload are offered with sequence slices too, per (stage, slice): a recomputed slice
+re-runs its forward against the K/V of the earlier slices, which stay on the rank until their own
+backwards (after this slice's; ``ir.verify``'s docstring says why no extra rule is needed), and
+keeps its own K/V with its input (the cost model counts them in ``inp``).
 """
 
 from __future__ import annotations
@@ -223,14 +225,12 @@ def block_spec(costs: Costs, placement: Placement, options: BlockOptions, *, rou
     byte, durations and bytes as floats): the problem itself, for analytic bounds on real costs.
 
     Raises:
-        BlockError: the costs do not match the placement, or recompute/offload with slices.
+        BlockError: the costs do not match the placement.
     """
     if costs.num_stages != placement.num_stages:
         raise BlockError(f"costs have {costs.num_stages} stages but the placement has {placement.num_stages}")
     if options.memory not in ("exact", "ceil"):
         raise BlockError(f"unknown memory model {options.memory!r}; use exact or ceil")
-    if (options.recompute or options.offload) and costs.k > 1:
-        raise BlockError("recompute and offload are offered only without sequence slices (k = 1)")
     split = options.split_backward
     raw, optional = _raw_durations(costs, options)
     latency = {(s, j): costs.unit(s, j).comm for s in range(costs.num_stages - 1) for j in range(costs.k)

@@ -124,7 +124,7 @@ def _write(outcome: Outcome, args: argparse.Namespace) -> None:
     chosen, source = outcome.result.chosen, outcome.source
     schedule = chosen.schedule.with_programs(chosen.schedule.ranks, chosen=chosen.name,
                                              makespan_ms=round(chosen.makespan, 3),
-                                             **source.meta(chosen.timeline.peak, outcome.cap))
+                                             **source.meta(chosen.timeline.peak, outcome.cap, chosen.schedule))
     print(f"wrote {save(schedule, args.output, overwrite=args.force)}")
     if args.plot:
         from ir.plot import plot_timeline

@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ir import Costs, Placement, simulate
-from synth.costs.args import resolve_model, user_costs_from_args
-from synth.costs.hardware import Hardware, hardware
+from ir import Costs, Placement, Schedule, simulate
+from synth.costs.args import hardware_from_args, resolve_model, training_from_args, user_costs_from_args
+from synth.costs.hardware import Hardware
 from synth.costs.problem import Problem, Throughput, Training, build_problem
 from synth.costs.spec import CostModelError, TransformerSpec
 from synth.costs.user import UserCosts, costs_for
@@ -145,9 +145,14 @@ class ModelSource:
     def cap_text(self, cap: float | None) -> str:
         return "none" if cap is None else format_size(cap)
 
-    def meta(self, peak: tuple[float, ...], cap: float | None) -> dict:
-        return {"peak_bytes": [round(x) for x in peak], "mem_cap_bytes": round(cap) if cap else None,
-                "model": self.spec.name, "gpu": self.hardware.name}
+    def meta(self, peak: tuple[float, ...], cap: float | None, schedule: Schedule | None = None) -> dict:
+        """What a written schedule records of its costs; with slices, the cost model's cut in tokens
+        (``slice_bounds``), which ``synth run`` scales to the model it runs."""
+        out = {"peak_bytes": [round(x) for x in peak], "mem_cap_bytes": round(cap) if cap else None,
+               "model": self.spec.name, "gpu": self.hardware.name}
+        if schedule is not None and schedule.k > 1:
+            out["slice_bounds"] = list(self.problem(schedule.placement, schedule.k).bounds)
+        return out
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ class FileSource:
     def cap_text(self, cap: float | None) -> str:
         return "none" if cap is None else f"{cap:.4g}"
 
-    def meta(self, peak: tuple[float, ...], cap: float | None) -> dict:
+    def meta(self, peak: tuple[float, ...], cap: float | None, schedule: Schedule | None = None) -> dict:
         return {"peak": [round(x, 6) for x in peak], "mem_cap": cap, "costs": self.user.source}
 
 
@@ -195,6 +200,4 @@ def source_from_args(args: argparse.Namespace, m: int) -> ModelSource | FileSour
     if args.costs is not None:
         return FileSource(user_costs_from_args(args))
     spec = resolve_model(args.model, seq_len=args.seq_len, micro_batch=args.micro_batch_size)
-    hw = hardware(args.gpu) if args.efficiency is None else hardware(args.gpu, efficiency=args.efficiency)
-    training = Training(dp=args.dp, zero1=args.zero1, reserved=args.reserved)
-    return ModelSource(spec, hw, training, m, args.partition, args.slicing)
+    return ModelSource(spec, hardware_from_args(args), training_from_args(args), m, args.partition, args.slicing)

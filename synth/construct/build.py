@@ -51,7 +51,7 @@ def construct(costs: Costs, placement: Placement, m: int, mem_cap: float | None,
             offload are then not used).
         mem_cap: bytes per rank, static included; None for no cap.
         split_backward: B and W (True) or a fused BW.
-        recompute, offload: also try variants that recompute or offload units (k = 1 only).
+        recompute, offload: also try variants that recompute (any k) or offload (k = 1) units.
         deadline: a ``time.perf_counter()`` value after which no further variant starts
             (the first always runs).
     """

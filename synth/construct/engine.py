@@ -201,10 +201,13 @@ class _Engine(CopyStream, Reservations):
             free = room - self._reserve(r, i)
             key = (-s, i)
             eager = self.pol.eager and self.pol.recompute
-            if tb.act[c] <= free and not (eager and s < tb.num_stages - 1):
+            # the last stage's B follows its F at once, so recomputing there pays only for a slice
+            # that waits for the later slices of its microbatch
+            may_recompute = s < tb.num_stages - 1 or j < k - 1
+            if tb.act[c] <= free and not (eager and may_recompute):
                 if best is None or key < best[0]:
                     best = (key, u, s, i, j)
-            elif self.pol.recompute and s < tb.num_stages - 1 and tb.inp[c] <= free:
+            elif self.pol.recompute and may_recompute and tb.inp[c] <= free:
                 if lean is None or key < lean[0]:
                     lean = (key, u, s, i, j)
         if best is not None:

@@ -20,7 +20,7 @@ __all__ = ["policies"]
 
 
 def policies(tb: Tables, *, recompute: bool, offload: bool) -> list[Policy]:
-    """Every policy to try, in the order to try them; recompute and offload only for k = 1.
+    """Every policy to try, in the order to try them; recompute for any k, offload for k = 1.
     W-early is tried with the memory-only depth alone (deeper warm-ups leave it nothing to add)."""
     depths = _depths(tb)
     plain = [Policy(f"list/{rule}/depth={label}", rule, depth)
@@ -28,8 +28,8 @@ def policies(tb: Tables, *, recompute: bool, offload: bool) -> list[Policy]:
     mem = depths[0][1]
     plain.insert(2, Policy("list/w-early/depth=mem", "w-early", mem, w_early_at=0.75))
     extra: list[Policy] = []
-    if tb.k == 1 and math.isfinite(max(tb.cap)):
-        if offload:
+    if math.isfinite(max(tb.cap)):
+        if offload and tb.k == 1:  # the just-in-time copy stream estimates backwards of whole units
             extra += _offload_policies(tb, mem)
         if recompute:
             extra += [Policy(f"list/{rule}/depth=mem/recompute", rule, mem, w_early_at=0.75, recompute=True)

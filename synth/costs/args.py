@@ -12,21 +12,23 @@ import argparse
 from pathlib import Path
 
 from ir import Placement
-from synth.costs.hardware import HARDWARE, hardware
+from synth.costs.hardware import HARDWARE, Hardware, hardware
 from synth.costs.problem import Partition, Problem, Slicing, Training, build_problem
 from synth.costs.spec import PRESETS, CostModelError, TransformerSpec, preset, spec_from_hf_config
+from synth.costs.states import OptimizerOffload
 from synth.costs.user import UserCosts, read_user_costs
 from synth.sizes import parse_size
 
-__all__ = ["PLACEMENT_KINDS", "add_problem_arguments", "check_costs_options", "placement_for", "placements_from_args",
-           "problem_from_args", "resolve_model", "user_costs_from_args"]
+__all__ = ["PLACEMENT_KINDS", "add_problem_arguments", "check_costs_options", "hardware_from_args", "placement_for",
+           "placements_from_args", "problem_from_args", "resolve_model", "training_from_args", "user_costs_from_args"]
 
 PLACEMENT_KINDS = ("standard", "interleaved", "v", "waves")
 # The options that describe a model for the cost model, with their defaults: with --costs FILE
 # none of them means anything, so any that differs from its default is refused.
 MODEL_OPTIONS = {"model": "llama2-13b", "gpu": "a100-40gb", "seq_len": None, "micro_batch_size": None,
                  "partition": Partition.BALANCED.value, "slicing": Slicing.BALANCED.value, "efficiency": None,
-                 "dp": 1, "zero1": False, "reserved": 0.0}
+                 "dp": 1, "zero1": False, "reserved": 0.0, "offload_optimizer": OptimizerOffload.NONE.value,
+                 "offload_overlap": True, "host_bandwidth": None, "host_adam_rate": None}
 
 
 def resolve_model(model: str, **changes) -> TransformerSpec:
@@ -79,6 +81,16 @@ def _size(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _placement_list(text: str) -> list[str]:
     kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
     bad = [kind for kind in kinds if kind not in ("auto", *PLACEMENT_KINDS)]
@@ -91,7 +103,8 @@ def _placement_list(text: str) -> list[str]:
 def add_problem_arguments(parser: argparse.ArgumentParser, *, stages_default: int = 8,
                           microbatches_default: int | None = None, several_placements: bool = False) -> None:
     """Add --costs, --model, --gpu, --stages, --placement, --chunks, --seq-len, --micro-batch-size,
-    --microbatches, --slices, --partition, --slicing, --efficiency, --dp, --zero1 and --reserved.
+    --microbatches, --slices, --partition, --slicing, --efficiency, --dp, --zero1, --reserved,
+    --offload-optimizer, --no-offload-overlap, --host-bandwidth and --host-adam-rate.
     With ``several_placements``, --placement takes auto (the default) or a list of kinds: read it
     with `placements_from_args`."""
     group = parser.add_argument_group("problem")
@@ -130,6 +143,22 @@ def add_problem_arguments(parser: argparse.ArgumentParser, *, stages_default: in
     group.add_argument("--dp", type=_positive_int, default=1, help="data-parallel degree (default 1)")
     group.add_argument("--zero1", action="store_true", help="shard optimizer state over --dp replicas")
     group.add_argument("--reserved", type=_size, default=0.0, help="bytes per rank kept for the framework (e.g. 2GiB)")
+    group.add_argument("--offload-optimizer", default=OptimizerOffload.NONE.value,
+                       choices=[o.value for o in OptimizerOffload],
+                       help="optimizer state kept in host memory: none; states (Adam m and v, 8 bytes/param; the "
+                            "fp32 master stays on the GPU: 10 bytes/param left); states+master (m, v and the fp32 "
+                            "master, 12 bytes/param, as ZeRO-Offload: 6 bytes/param left). Each step then copies the "
+                            "fp32 gradients to the host and the update back and runs Adam on the host; that time is "
+                            "added to every iteration (default none)")
+    group.add_argument("--no-offload-overlap", dest="offload_overlap", action="store_false",
+                       help="with --offload-optimizer, run the gradient copy, host Adam and weight copy one after "
+                            "another instead of overlapped over buckets")
+    group.add_argument("--host-bandwidth", type=_size, metavar="BYTES_PER_S",
+                       help="bytes per second each way between a GPU and pinned host memory, for offload (e.g. 12GB "
+                            "when two GPUs share a PCIe uplink; default: the GPU's, 80%% of its PCIe link)")
+    group.add_argument("--host-adam-rate", type=_positive_float, metavar="PARAMS_PER_S",
+                       help="parameters per second the host's Adam updates for one GPU, for --offload-optimizer "
+                            "(default: the GPU preset's assumption, 1e9 for A100, 2e9 for H100/H200)")
 
 
 def placements_from_args(args: argparse.Namespace) -> tuple[str, ...]:
@@ -173,9 +202,20 @@ def problem_from_args(args: argparse.Namespace, mem_cap: float | None = None) ->
         CostModelError: any bad value, with what to change.
     """
     spec = resolve_model(args.model, seq_len=args.seq_len, micro_batch=args.micro_batch_size)
-    hw = hardware(args.gpu) if args.efficiency is None else hardware(args.gpu, efficiency=args.efficiency)
     placement = placement_for(args.placement, args.stages, v=args.chunks, waves=args.chunks)
     m = args.microbatches or 4 * args.stages
-    training = Training(dp=args.dp, zero1=args.zero1, reserved=args.reserved)
-    return build_problem(spec, hw, placement, m, k=args.slices, mem_cap=mem_cap, partition=args.partition,
-                         slicing=args.slicing, training=training)
+    return build_problem(spec, hardware_from_args(args), placement, m, k=args.slices, mem_cap=mem_cap,
+                         partition=args.partition, slicing=args.slicing, training=training_from_args(args))
+
+
+def hardware_from_args(args: argparse.Namespace) -> Hardware:
+    """The ``--gpu`` preset with ``--efficiency``, ``--host-bandwidth`` and ``--host-adam-rate`` applied."""
+    changes = {name: getattr(args, name, None) for name in ("efficiency", "host_bandwidth", "host_adam_rate")}
+    return hardware(args.gpu, **{name: value for name, value in changes.items() if value is not None})
+
+
+def training_from_args(args: argparse.Namespace) -> Training:
+    """``--dp``, ``--zero1``, ``--reserved``, ``--offload-optimizer`` and ``--no-offload-overlap``."""
+    return Training(dp=args.dp, zero1=args.zero1, reserved=args.reserved,
+                    offload_optimizer=getattr(args, "offload_optimizer", OptimizerOffload.NONE.value),
+                    offload_overlap=getattr(args, "offload_overlap", True))

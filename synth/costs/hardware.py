@@ -17,6 +17,18 @@ copies and NCCL typically reach; the p2p latency is a 10 us order of magnitude. 
 fraction of peak FLOP/s a transformer's GEMMs reach, is an assumption, not a measurement: 0.50 on
 A100 (Narayanan et al. 2021, SC'21, report 52% of peak for large GPTs on A100s) and 0.45 on
 H100/H200. Calibrate it to a profile with ``--efficiency``.
+
+Host link and host optimizer (optimizer-state offload, ``synth.costs.states``): ``host_bandwidth``
+is the copy rate each way of one GPU's PCIe link, 80% of nominal as above (A100, PCIe 4.0 x16:
+25.6 GB/s; H100/H200, PCIe 5.0 x16: 51.2 GB/s). In a DGX two GPUs share one switch uplink to the
+CPU, so when all GPUs copy at once a GPU may see about half: pass ``--host-bandwidth`` to model
+that. ``host_adam_rate``, the parameters per second the host's Adam updates for one GPU, is an
+assumption, not a measurement: a vectorised CPU Adam (DeepSpeed's CPU-Adam, Megatron's CPU
+optimizer) is memory-bound, reading gradient, master, m and v and writing master, m, v and the
+new weights, about 30 bytes per parameter. A DGX A100's two EPYC 7742 have 16 DDR4-3200 channels
+(410 GB/s peak); at about 60% of it shared by 8 GPUs that is about 30 GB/s, 1e9 parameters/s
+per GPU. A DGX H100's two Xeon 8480C have 16 DDR5-4800 channels (614 GB/s): 2e9 per GPU.
+Calibrate it with ``--host-adam-rate``.
 """
 
 from __future__ import annotations
@@ -42,12 +54,15 @@ class Hardware:
         peak_flops_fp32: dense FP32 FLOP/s (used when the model's dtype is fp32).
         memory: device memory in bytes.
         efficiency: fraction of peak the model's matrix multiplies reach (0 < e <= 1).
-        host_bandwidth: bytes/s each way between device and pinned host memory (offload).
+        host_bandwidth: bytes/s each way between device and pinned host memory (activation and
+            optimizer-state offload).
         p2p_bandwidth: bytes/s each way between two GPUs of one node.
         internode_bandwidth: bytes/s each way between GPUs of different nodes (per GPU).
         p2p_latency: seconds of fixed cost per point-to-point message.
         gpus_per_node: GPUs per node; ranks ``r`` and ``r'`` share a node when
             ``r // gpus_per_node == r' // gpus_per_node``.
+        host_adam_rate: parameters per second the host's Adam updates for one GPU's share of
+            the host (optimizer-state offload; an assumption, see the module docstring).
     """
 
     name: str
@@ -60,10 +75,11 @@ class Hardware:
     internode_bandwidth: float
     p2p_latency: float = 1e-5
     gpus_per_node: int = 8
+    host_adam_rate: float = 1e9
 
     def __post_init__(self) -> None:
         for name in ("peak_flops", "peak_flops_fp32", "memory", "host_bandwidth", "p2p_bandwidth",
-                     "internode_bandwidth"):
+                     "internode_bandwidth", "host_adam_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
                     or value <= 0:
@@ -91,12 +107,14 @@ class Hardware:
 
 def _a100(name: str, memory_gib: int) -> Hardware:
     return Hardware(name, peak_flops=312e12, peak_flops_fp32=19.5e12, memory=memory_gib * GiB, efficiency=0.50,
-                    host_bandwidth=0.8 * 32e9, p2p_bandwidth=300e9, internode_bandwidth=0.8 * 25e9)
+                    host_bandwidth=0.8 * 32e9, p2p_bandwidth=300e9, internode_bandwidth=0.8 * 25e9,
+                    host_adam_rate=1e9)
 
 
 def _h100(name: str, memory: float) -> Hardware:
     return Hardware(name, peak_flops=989e12, peak_flops_fp32=67e12, memory=memory, efficiency=0.45,
-                    host_bandwidth=0.8 * 64e9, p2p_bandwidth=450e9, internode_bandwidth=0.8 * 50e9)
+                    host_bandwidth=0.8 * 64e9, p2p_bandwidth=450e9, internode_bandwidth=0.8 * 50e9,
+                    host_adam_rate=2e9)
 
 
 HARDWARE: dict[str, Hardware] = {

@@ -16,13 +16,20 @@ Choices (documented here once):
   slice has the same forward FLOPs of the whole model, causal attention included (Seq1F1B's
   computation-wise partition): earlier slices attend to fewer keys, so they are longer.
   ``uniform`` cuts it into equal token counts. Slice j of a unit is charged the attention of its
-  queries against keys ``0..t1``.
+  queries against keys ``0..t1``. ``redistributed`` cuts equal token counts and balances the
+  attention work between slices as SlimPipe does (``synth.costs.redistribute``): each slice's F and
+  B become the mean, plus the exchange's link time. A slice other than the last keeps its own K/V
+  (``2 e b t kv`` per layer) for the later slices, recomputed or not, so its ``inp`` (what a
+  recomputed unit holds) includes them.
 - **Static memory per rank.** Mixed-precision Adam as Megatron runs it for bf16/fp16: 2-byte
   weights, 4-byte fp32 main gradients, 12 bytes of optimizer state (fp32 master weights, Adam's
   m and v): 18 bytes per parameter (Megatron-LM's distributed-optimizer notes). ``zero1`` shards
   the 12 bytes over the data-parallel degree (6 + 12/dp). fp32 models: 4 + 4 + 8 = 16 bytes
   (8/dp sharded). A tied LM head is held again on the last stage. ``reserved`` adds a fixed amount
-  per rank (CUDA context, workspaces).
+  per rank (CUDA context, workspaces). ``offload_optimizer`` keeps Adam's m and v (``states``:
+  10 bytes left on the device) or all optimizer state (``states+master``: 6 bytes) in host
+  memory and charges the per-step host traffic and host Adam as ``Problem.step_overhead_ms``
+  (layouts, costs and the overlap assumption: ``synth.costs.states``).
 - **Comm.** A boundary tensor (``e b t h`` bytes) costs ``bytes / link + latency`` between two
   ranks: NVLink inside a node, the network across nodes; nothing on the same rank.
 """
@@ -48,6 +55,7 @@ from synth.costs.formulas import (
 )
 from synth.costs.hardware import Hardware
 from synth.costs.spec import CostModelError, TransformerSpec
+from synth.costs.states import OptimizerOffload, StateBytes, StepOverhead, state_bytes, step_overhead
 
 __all__ = [
     "Partition",
@@ -69,6 +77,7 @@ class Partition(StrEnum):
 class Slicing(StrEnum):
     UNIFORM = "uniform"
     BALANCED = "balanced"
+    REDISTRIBUTED = "redistributed"  # uniform tokens, attention work balanced by exchange (SlimPipe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,22 +88,47 @@ class Training:
         dp: data-parallel degree (replicas of the pipeline).
         zero1: shard optimizer state over the ``dp`` replicas (ZeRO-1 / distributed optimizer).
         reserved: bytes per rank set aside for the framework (CUDA context, workspaces).
+        offload_optimizer: optimizer state kept in host memory: ``none``, ``states`` (Adam's m
+            and v) or ``states+master`` (m, v and the fp32 master weights); see ``synth.costs.states``.
+        offload_overlap: with offload, the gradient copies, the host Adam and the weight copies
+            overlap over buckets (the step costs the slowest of them) instead of running in turn.
     """
 
     dp: int = 1
     zero1: bool = False
     reserved: float = 0.0
+    offload_optimizer: OptimizerOffload = OptimizerOffload.NONE
+    offload_overlap: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.dp, bool) or not isinstance(self.dp, int) or self.dp < 1:
             raise CostModelError(f"dp must be a positive integer, got {self.dp!r}")
         if not (isinstance(self.reserved, int | float) and math.isfinite(self.reserved) and self.reserved >= 0):
             raise CostModelError(f"reserved must be bytes >= 0, got {self.reserved!r}")
+        try:
+            object.__setattr__(self, "offload_optimizer", OptimizerOffload(self.offload_optimizer))
+        except ValueError:
+            raise CostModelError(f"offload_optimizer must be one of {[o.value for o in OptimizerOffload]}, "
+                                 f"got {self.offload_optimizer!r}") from None
+
+    @property
+    def shards(self) -> int:
+        """Ranks the optimizer state is split over: ``dp`` with ``zero1``, else 1."""
+        return self.dp if self.zero1 else 1
+
+    def layout(self, dtype: str) -> StateBytes:
+        """Per-parameter bytes on the device and the host, and per-step copies (``synth.costs.states``)."""
+        return state_bytes(dtype, self.offload_optimizer, self.shards)
 
     def bytes_per_param(self, dtype: str) -> float:
-        """Static bytes per parameter: weights + main grads + optimizer state (sharded by ``zero1``)."""
-        weights, grads, optimizer = (4, 4, 8) if dtype == "fp32" else (2, 4, 12)
-        return weights + grads + optimizer / (self.dp if self.zero1 else 1)
+        """Static device bytes per parameter: weights + main grads + the optimizer state left on
+        the device (sharded by ``zero1``): 18 for bf16 without offload, 10 with ``states``, 6 with
+        ``states+master``."""
+        return self.layout(dtype).device
+
+    def host_bytes_per_param(self, dtype: str) -> float:
+        """Host bytes per parameter held for this rank's optimizer (0 without offload)."""
+        return self.layout(dtype).host
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +139,12 @@ class Throughput:
     tokens_per_s: float
     samples_per_s: float
     mfu: float
+    step_overhead_ms: float = 0.0  # host optimizer step added to the makespan (optimizer offload)
 
     def summary(self) -> str:
+        extra = f" (with a {self.step_overhead_ms:.1f} ms host optimizer step)" if self.step_overhead_ms else ""
         return (f"{self.tokens_per_s:,.0f} tokens/s, {self.samples_per_s:,.2f} samples/s, "
-                f"MFU {100 * self.mfu:.1f}%")
+                f"MFU {100 * self.mfu:.1f}%{extra}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +162,7 @@ class Problem:
         layers_per_stage: blocks on each stage.
         bounds: slice boundaries in tokens, ``k + 1`` values from 0 to ``seq_len``.
         model_flops: useful FLOPs of one microbatch through the whole model (F + B + W).
+        params_per_rank: parameters each rank holds (all its stages); empty when unknown.
     """
 
     costs: Costs
@@ -138,24 +175,52 @@ class Problem:
     layers_per_stage: tuple[int, ...]
     bounds: tuple[int, ...]
     model_flops: float
+    params_per_rank: tuple[int, ...] = ()
 
     @property
     def p(self) -> int:
         return self.placement.p
+
+    def rank_step_overhead(self, rank: int) -> StepOverhead:
+        """The host optimizer step of ``rank`` (all zero without optimizer offload)."""
+        if not self.params_per_rank or self.training.offload_optimizer is OptimizerOffload.NONE:
+            return StepOverhead()
+        return step_overhead(self.params_per_rank[rank], self.training.layout(self.spec.dtype),
+                             host_bandwidth=self.hardware.host_bandwidth,
+                             host_adam_rate=self.hardware.host_adam_rate, overlap=self.training.offload_overlap)
+
+    @property
+    def step_overhead(self) -> StepOverhead:
+        """The slowest rank's host optimizer step: the iteration waits for it."""
+        return max((self.rank_step_overhead(r) for r in range(self.p)), key=lambda o: o.total_ms,
+                   default=StepOverhead())
+
+    @property
+    def step_overhead_ms(self) -> float:
+        """Time per iteration that optimizer offload adds after the pipeline (not overlapped with it)."""
+        return self.step_overhead.total_ms
+
+    @property
+    def host_bytes(self) -> tuple[float, ...]:
+        """Host memory per rank held for its optimizer state (zeros without offload)."""
+        per_param = self.training.host_bytes_per_param(self.spec.dtype)
+        return tuple(n * per_param for n in self.params_per_rank)
 
     @property
     def k(self) -> int:
         return len(self.bounds) - 1
 
     def throughput(self, makespan_ms: float) -> Throughput:
-        """Tokens/s, samples/s and MFU of an iteration that takes ``makespan_ms``."""
+        """Tokens/s, samples/s and MFU of an iteration whose pipeline takes ``makespan_ms``, plus
+        ``step_overhead_ms`` (the host optimizer step, when optimizer state is offloaded)."""
         if not makespan_ms > 0:
             raise ValueError(f"makespan must be > 0 ms, got {makespan_ms!r}")
-        seconds = makespan_ms / 1e3
+        overhead = self.step_overhead_ms
+        seconds = (makespan_ms + overhead) / 1e3
         samples = self.m * self.spec.micro_batch
         peak = self.hardware.peak_flops_fp32 if self.spec.dtype == "fp32" else self.hardware.peak_flops
         mfu = self.m * self.model_flops / (seconds * self.p * peak)
-        return Throughput(makespan_ms, samples * self.spec.seq_len / seconds, samples / seconds, mfu)
+        return Throughput(makespan_ms, samples * self.spec.seq_len / seconds, samples / seconds, mfu, overhead)
 
 
 def partition_layers(spec: TransformerSpec, hw: Hardware, num_stages: int,
@@ -217,7 +282,7 @@ def slice_bounds(spec: TransformerSpec, k: int, mode: Slicing | str = Slicing.BA
         raise CostModelError(f"slices must be a positive integer, got {k!r}")
     if k > seq:
         raise CostModelError(f"{k} slices cannot cut a {seq}-token sequence; use at most {seq}")
-    if mode is Slicing.UNIFORM:
+    if mode in (Slicing.UNIFORM, Slicing.REDISTRIBUTED):
         return tuple(round(j * seq / k) for j in range(k + 1))
     per_token = layer_work(spec, 0, 1).f - 4 * spec.micro_batch * spec.q_dim  # linear FLOPs per token
     per_token = spec.layers * per_token + head_work(spec, 0, 1).f
@@ -265,6 +330,11 @@ def build_problem(
     layers = partition_layers(spec, hw, num_stages, partition)
     bounds = slice_bounds(spec, k, slicing)
     rate = hw.flops_per_second(spec.dtype)
+    exchange = None
+    if Slicing(slicing) is Slicing.REDISTRIBUTED and len(bounds) > 2:
+        from synth.costs.redistribute import redistribute_attention
+
+        exchange = redistribute_attention(spec, hw, bounds)
 
     def ms(flops: float) -> float:
         return 1e3 * flops / rate
@@ -279,22 +349,32 @@ def build_problem(
                 work = work + embedding_work(spec, t0, t1)
             if last:
                 work = work + head_work(spec, t0, t1)
-            row.append(UnitCost(f=ms(work.f), b=ms(work.b), w=ms(work.w), act=work.act, wact=work.wact,
-                                inp=stage_input_bytes(spec, t0, t1, first=first),
+            f, b = ms(work.f), ms(work.b)
+            j = len(row)
+            if exchange is not None:  # the slice's attention after redistribution, and the exchange's link time
+                delta = exchange.delta(j, spec)
+                f += layers[s] * (ms(delta.f) + exchange.forward_ms[j])
+                b += layers[s] * (ms(delta.b) + exchange.backward_ms[j])
+            inp = stage_input_bytes(spec, t0, t1, first=first)
+            if j < len(bounds) - 2:  # later slices read this slice's K/V: a recomputed slice keeps them
+                inp += layers[s] * 2 * spec.dtype_bytes * spec.micro_batch * (t1 - t0) * spec.kv_dim
+            row.append(UnitCost(f=f, b=b, w=ms(work.w), act=work.act, wact=work.wact, inp=min(inp, work.act),
                                 comm=0.0 if last else _comm_ms(spec, hw, placement, s, t0, t1)))
         units.append(tuple(row))
 
     per_param = training.bytes_per_param(spec.dtype)
-    static = [training.reserved] * placement.p
+    params_per_rank = [0] * placement.p
     for s in range(num_stages):
         params = layers[s] * block_params(spec)
         params += embedding_params(spec) if s == 0 else 0
         params += head_params(spec, count_tied=True) if s == num_stages - 1 else 0
-        static[placement.rank_of(s)] += params * per_param
+        params_per_rank[placement.rank_of(s)] += params
+    static = [training.reserved + n * per_param for n in params_per_rank]
     seq = spec.seq_len
     model_flops = (spec.layers * layer_work(spec, 0, seq) + head_work(spec, 0, seq)).useful
     costs = Costs(tuple(units), tuple(static), copy_bandwidth=hw.host_bandwidth / 1e3)
-    return Problem(costs, placement, m, mem_cap, spec, hw, training, layers, bounds, model_flops)
+    return Problem(costs, placement, m, mem_cap, spec, hw, training, layers, bounds, model_flops,
+                   tuple(params_per_rank))
 
 
 def _comm_ms(spec: TransformerSpec, hw: Hardware, placement: Placement, stage: int, t0: int, t1: int) -> float:

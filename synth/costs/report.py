@@ -20,8 +20,20 @@ def describe(problem: Problem) -> str:
         f"GPU {hw.name}: {hw.peak_flops / 1e12:.0f} TFLOP/s peak x efficiency {hw.efficiency:g}, "
         f"{hw.memory / GiB:.1f} GiB. {problem.p} ranks, {problem.placement.num_stages} stages "
         f"({problem.placement.kind.value}), layers per stage {list(problem.layers_per_stage)}, "
-        f"{problem.k} slice(s), {problem.m} microbatches."
+        f"{problem.k} slice(s), {problem.m} microbatches. {_state_text(problem)}"
     )
+
+
+def _state_text(problem: Problem) -> str:
+    """Where the model states live, in one sentence."""
+    training, dtype = problem.training, problem.spec.dtype
+    text = f"Model states {training.bytes_per_param(dtype):g} bytes/param on the GPU"
+    if training.zero1:
+        text += f" (optimizer sharded over dp={training.dp})"
+    if training.offload_optimizer.value != "none":
+        text += (f", {training.host_bytes_per_param(dtype):g} on the host (--offload-optimizer "
+                 f"{training.offload_optimizer.value})")
+    return text + "."
 
 
 def stage_table(problem: Problem) -> list[str]:
@@ -44,7 +56,8 @@ def stage_table(problem: Problem) -> list[str]:
 
 def costs_report(problem: Problem) -> str:
     """What `synth costs` prints: the description, the stage table, totals, and 1F1B on these costs
-    (for placements where 1F1B applies) so a reader sees whether memory binds."""
+    (Seq1F1B with the same slices when k > 1; for placements where they apply) so a reader sees
+    whether memory binds."""
     from ir import simulate
     from synth.costs.formulas import total_params
 
@@ -52,12 +65,23 @@ def costs_report(problem: Problem) -> str:
     lines = [describe(problem), "", *stage_table(problem), "",
              f"parameters {total_params(problem.spec):,}; model FLOPs per microbatch {problem.model_flops:.4e}; "
              f"static memory per rank (GiB): " + ", ".join(f"{x / GiB:.2f}" for x in problem.costs.static)]
+    if problem.training.offload_optimizer.value != "none":
+        step = problem.step_overhead
+        mode = "overlapped, the slowest counts" if step.overlap else "one after another"
+        lines.append("host memory per rank for optimizer state (GiB): "
+                     + ", ".join(f"{x / GiB:.2f}" for x in problem.host_bytes)
+                     + f"; host optimizer step {step.total_ms:.1f} ms per iteration (gradients to host "
+                       f"{step.to_host_ms:.1f} ms, host Adam {step.update_ms:.1f} ms, weights back "
+                       f"{step.to_device_ms:.1f} ms, {mode}; slowest rank), added to every makespan")
     if problem.placement.kind.value == "standard":
         from synth.baselines import build
 
-        timeline = simulate(build("1f1b", problem.p, problem.m), problem.costs)
+        name, label = ("1f1b", "1F1B") if problem.k == 1 else ("seq1f1b", f"Seq1F1B (k={problem.k})")
+        timeline = simulate(build(name, problem.p, problem.m, **({"k": problem.k} if problem.k > 1 else {})),
+                            problem.costs)
         over = [r for r, peak in enumerate(timeline.peak) if peak > hw.memory]
-        lines.append(f"1F1B on these costs: makespan {timeline.makespan:.1f} ms, bubble {timeline.bubble_ratio:.3f}, "
+        lines.append(f"{label} on these costs: makespan {timeline.makespan:.1f} ms, "
+                     f"bubble {timeline.bubble_ratio:.3f}, "
                      f"{problem.throughput(timeline.makespan).summary()}; peak per rank (GiB) "
                      + ", ".join(f"{x / GiB:.1f}" for x in timeline.peak)
                      + (f"; ranks {over} exceed the {hw.memory / GiB:.1f} GiB of a {hw.name}" if over

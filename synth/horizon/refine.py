@@ -141,7 +141,7 @@ def lower_bound(costs: Costs, placement: Placement, kind: str, m: int, mem_cap: 
     ``synth.horizon.bounds.horizon_bound`` on the unrounded costs (the order and rank bounds see the
     cap's slots) where the model has at most `HORIZON_BOUND_JOBS` jobs, else the analytic one."""
     values = []
-    variants = k == 1 and (recompute or offload)
+    variants = recompute or offload
     for split in (True, False):
         options = BlockOptions(split_backward=split, recompute=variants and recompute,
                                offload=variants and offload, mem_cap=mem_cap)

@@ -25,7 +25,8 @@ RTOL, ATOL = 1e-5, 1e-6
 FAMILIES = {
     "gpipe": {}, "1f1b": {}, "1f1b-recompute": {}, "interleaved": {}, "zb-h1": {}, "zb-h2": {}, "zb-v": {},
     "v-half": {}, "v-min": {}, "hanayo": {}, "seq1f1b": {}, "seq1f1b-i": {2: {"k": 2}}, "dualpipev": {},
-    "po-h": {}, "po-f": {},
+    "po-h": {}, "po-f": {}, "v-zb": {}, "slimpipe": {}, "slimpipe-lean": {}, "chronospipe": {},
+    "chronos-recomp": {}, "chronos-offload": {},
 }
 
 
@@ -33,15 +34,15 @@ def _schedule(name: str, p: int):
     return build(name, p, 2 * p, **FAMILIES[name].get(p, {}))
 
 
-def run_and_reference(group, schedule, *, dropout=0.0, per_unit=None, steps=1, lr=0.0, data_seed=0):
+def run_and_reference(group, schedule, *, dropout=0.0, per_unit=None, steps=1, lr=0.0, data_seed=0, lengths=None):
     spec = tiny_gpt(layers=schedule.num_stages, dropout=dropout)
     batch = 2 * schedule.m
     cfg = RunConfig(schedule, spec, batch, steps=steps, lr=lr, keep_grads=True, keep_params=steps > 1,
-                    timeout=30.0)
+                    timeout=30.0, slice_lengths=lengths)
     results = group.run(run_rank, cfg)
     ref = reference_step(spec, batch, num_stages=schedule.num_stages, m=schedule.m, k=schedule.k,
                          per_unit=dropout > 0 if per_unit is None else per_unit, steps=steps, lr=lr,
-                         data_seed=data_seed)
+                         data_seed=data_seed, lengths=lengths)
     return results, ref
 
 
@@ -138,4 +139,26 @@ def test_recompute_and_offload_variants_match(group2, name, stages, recompute):
     verify(schedule)
     assert schedule.ops_used() & {Op.R, Op.OFFLOAD}
     results, ref = run_and_reference(group2, schedule, dropout=0.1)
+    assert_equal_to_reference(results, ref)
+
+
+# tiny_gpt's 16 tokens cut as a compute-balanced split would: earlier slices attend to fewer keys, so
+# they are longer (the lengths only need to be unequal and sum to 16).
+UNEQUAL = {3: (7, 5, 4), 4: (6, 4, 3, 3)}
+
+
+@pytest.mark.parametrize("group, p, k, dropout", [
+    ("group2", 2, 3, 0.0), ("group2", 2, 4, 0.1), ("group4", 4, 3, 0.0), ("group4", 4, 4, 0.1),
+])
+def test_unequal_slices_with_recompute_and_offload_match(request, group, p, k, dropout):
+    """Slices of unequal length, some stages recomputed (R re-reads the kept K/V of earlier slices)
+    and the others offloaded, against the one-process run. Without dropout the reference is the
+    whole batch at once (no slicing at all), so the per-slice loss weights (a slice's share of the
+    tokens) are checked too; with dropout it is the per-unit reference with the same masks."""
+    schedule = build("seq1f1b", p, 2 * p, k=k)
+    schedule = with_passes(with_passes(schedule, set(range(0, p, 2)), recompute=True),
+                           set(range(1, p, 2)), recompute=False)
+    verify(schedule)
+    assert {Op.R, Op.OFFLOAD} <= schedule.ops_used()
+    results, ref = run_and_reference(request.getfixturevalue(group), schedule, dropout=dropout, lengths=UNEQUAL[k])
     assert_equal_to_reference(results, ref)

@@ -51,8 +51,12 @@ def test_other_mismatches_are_refused_before_compute():
         prepare_schedule(build("1f1b", 2, 4), spec, world_size=3)
     with pytest.raises(ExecutorError, match="batch size 6 is not a multiple of the schedule's m=4"):
         prepare_schedule(build("1f1b", 2, 4), spec, batch_size=6)
-    with pytest.raises(ExecutorError, match="k=3 sequence slices must divide the sequence length 16"):
+    with pytest.raises(ExecutorError, match="k=3 equal sequence slices must divide the sequence length 16"):
         prepare_schedule(build("seq1f1b", 2, 4, k=3), spec)
+    prepare_schedule(build("seq1f1b", 2, 4, k=3), spec, lengths=(7, 5, 4))  # unequal slices fit: no error
+    for lengths in ((7, 5), (8, 8, 1), (16, 0, 0), (7.0, 5, 4)):
+        with pytest.raises(ExecutorError, match="must be k=3 positive token counts summing to the model's sequence"):
+            prepare_schedule(build("seq1f1b", 2, 4, k=3), spec, lengths=lengths)
     plain = sequential_spec("mlp", _mlp, _mse, _batch)
     with pytest.raises(ExecutorError, match="no slice-aware layers"):
         prepare_schedule(build("seq1f1b", 2, 4, k=2), plain)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ir import Costs, Placement, simulate, verify
+from ir import Costs, Op, Placement, simulate, verify
 from synth.baselines import build
 from synth.block.cpsat import BlockError, BlockOptions, solve_block
 from synth.block.tile import tile
@@ -70,9 +70,21 @@ def test_a_cap_below_every_block_is_refused():
         solve_block(costs, Placement.standard(2), BlockOptions(mem_cap=0.5))
 
 
-def test_recompute_with_slices_is_refused():
-    with pytest.raises(BlockError, match="k = 1"):
-        solve_block(Costs.uniform(2, k=2), Placement.standard(2), BlockOptions(recompute=True))
+def test_recompute_with_slices_fits_where_keeping_cannot():
+    # k = 2 slices of act 0.5 (wact = act), inp 0.05, cap 0.6. Keeping everything, the last stage
+    # holds both slices of a microbatch at once (slice 1's F follows slice 0's, and slice 1's B
+    # comes first): 1.0 > 0.6, so no block fits. Recomputing slice 0 (it keeps 0.05 plus its
+    # K/V, counted in inp) holds at most 0.05 + 0.5 while slice 1 runs, and R re-adds 0.45 only
+    # once slice 1 is freed: 0.55 <= 0.6. Its period is at least the load bound 2 slices x (F + B + W)
+    # = 3 per rank (the cap also keeps microbatches from overlapping much, so it is longer).
+    costs = Costs.uniform(2, k=2, f=0.5, b=0.5, w=0.5, act=0.5, wact=0.5, inp=0.05)
+    with pytest.raises(BlockError, match="no building block fits"):
+        solve_block(costs, Placement.standard(2), BlockOptions(mem_cap=0.6))
+    block = solve_block(costs, Placement.standard(2), BlockOptions(mem_cap=0.6, recompute=True))
+    assert block.period * block.tick >= 3 and any(block.recompute)
+    schedule = tile(block, Placement.standard(2), 4, k=2)
+    assert Op.R in schedule.ops_used()
+    verify(schedule, costs, mem_cap=0.6)
 
 
 def test_slices_follow_the_slice_order():

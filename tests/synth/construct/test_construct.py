@@ -120,14 +120,28 @@ def test_deadline_in_the_past_still_runs_one_variant():
 @pytest.mark.parametrize("placement", [ir.Placement.standard(4), ir.Placement.interleaved(4, 2),
                                        ir.Placement.v_shape(4)])
 def test_sequence_slices(placement):
-    # k = 2 slices; recompute and offload are ignored for k > 1.
+    # k = 2 slices; with slices the list schedulers recompute but do not offload (their copy
+    # stream's estimates are for whole units), so no variant offloads.
     costs = ir.Costs.uniform(placement.num_stages, 2, f=0.5, b=0.5, w=0.5, act=0.5, wact=0.5, inp=0.1)
     res = construct(costs, placement, 6, 4.0, recompute=True, offload=True)
     assert res
     for made in res:
         assert made.schedule.k == 2
-        assert not made.schedule.ops_used() & {Op.R, Op.OFFLOAD, Op.RELOAD}
+        assert not made.schedule.ops_used() & {Op.OFFLOAD, Op.RELOAD}
         ir.verify(made.schedule, costs, mem_cap=4.0)
+        assert timeline_matches(made, costs)
+
+
+def test_sliced_recompute_fits_below_the_keep_only_floor():
+    # p = 2, k = 2, act 0.5 per slice (wact = act), inp 0.05. Keeping everything the last stage
+    # must hold both slices of a microbatch (slice 1's F follows slice 0's; slice 1's B comes
+    # first): 1.0. A cap of 0.7 leaves recompute as the only way, and the construct finds it.
+    costs = ir.Costs.uniform(2, 2, f=0.5, b=0.5, w=0.5, act=0.5, wact=0.5, inp=0.05)
+    assert not construct(costs, ir.Placement.standard(2), 4, 0.7)
+    res = construct(costs, ir.Placement.standard(2), 4, 0.7, recompute=True)
+    assert res and all(Op.R in made.schedule.ops_used() for made in res)
+    for made in res:
+        ir.verify(made.schedule, costs, mem_cap=0.7)
         assert timeline_matches(made, costs)
 
 
