@@ -41,7 +41,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, help="tiny-gpt tokens per sequence (default 16)")
     parser.add_argument("--vocab", type=int, help="tiny-gpt vocabulary (default 64)")
     parser.add_argument("--dropout", type=float, help="tiny-gpt dropout (default 0)")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam", "host-adam"), default="sgd",
+                        help="sgd (default), adam, or host-adam: Adam's state and fp32 master weights kept on the "
+                        "host, the update run there (ChronosPipe's model-state offload)")
     parser.add_argument("--seed", type=int, default=0, help="dropout seed base (default 0)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu (gloo) or cuda (NCCL, one GPU per rank); default cpu")
@@ -113,7 +116,8 @@ def run_command(args: argparse.Namespace) -> int:
         prepare_schedule(schedule, spec, world_size=nproc, batch_size=batch, lengths=lengths)
         if args.trace is not None:
             check_writable(args.trace, args.force)
-        cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, seed=args.seed, timeout=args.timeout,
+        cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+                        timeout=args.timeout,
                         record_spans=args.trace is not None, device=args.device, slice_lengths=lengths)
         results = _run_torchrun(cfg) if under_torchrun else _run_local(cfg, nproc)
     except (ExecutorError, ScheduleError, ValueError, OSError) as err:
@@ -161,7 +165,7 @@ def _report(label: str, cfg: Any, results: list) -> None:
     params = sum(p.numel() for layer in spec.build_layers() for p in layer.parameters())
     print(f"{label}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "
           f"placement={schedule.placement.kind.value}")
-    print(f"model {spec.name}, batch {cfg.batch_size}, {cfg.steps} step(s), SGD lr {cfg.lr:g}, "
+    print(f"model {spec.name}, batch {cfg.batch_size}, {cfg.steps} step(s), {cfg.optimizer} lr {cfg.lr:g}, "
           f"{'NCCL on cuda' if cfg.device == 'cuda' else 'gloo on cpu'}, {schedule.p} process(es), "
           f"{params} parameters")
     print("step  loss       time ms")

@@ -39,9 +39,10 @@ class Reference:
 def reference_step(
     spec: ModelSpec, batch_size: int, *, num_stages: int, m: int = 1, k: int = 1, per_unit: bool = True,
     seed: int = 0, data_seed: int = 0, stage_layers: Sequence[int] | None = None, steps: int = 1, lr: float = 0.0,
-    lengths: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None, optimizer: str = "sgd",
 ) -> Reference:
-    """Loss and gradients of the first step (and parameters after ``steps`` SGD steps at ``lr``).
+    """Loss and gradients of the first step (and parameters after ``steps`` steps of ``optimizer``,
+    "sgd" or "adam" (torch's, on the same device as the model), at ``lr``).
 
     ``num_stages`` and ``stage_layers`` only fix where the per-unit dropout seeds change
     (stage boundaries); the model and its weights are the same for any split. ``lengths``: the
@@ -51,6 +52,7 @@ def reference_step(
     params = [p for st in stages.values() for p in st.parameters()]
     inputs, targets = spec.make_batch(batch_size, data_seed)
     first = None
+    adam = torch.optim.Adam(params, lr=lr) if optimizer != "sgd" and lr > 0 else None
     for step in range(steps):
         for p in params:
             p.grad = None
@@ -66,6 +68,9 @@ def reference_step(
         loss.backward()
         if first is None:
             first = (loss.item(), _named(stages, grads=True))
+        if adam is not None:
+            adam.step()
+            continue
         with torch.no_grad():
             for p in params:
                 p -= lr * p.grad

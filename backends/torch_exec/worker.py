@@ -19,6 +19,7 @@ from backends.torch_exec.comms import CommError, Mailbox
 from backends.torch_exec.executor import ExecutorError, RankExecutor, StepRecord, prepare_schedule, split_batch
 from backends.torch_exec.memory import Copier, MemoryTracker
 from backends.torch_exec.model import ModelSpec
+from backends.torch_exec.optim import OPTIMIZERS, make_optimizer
 from backends.torch_exec.passes import KVChain, StageRunner, WeightPlan
 from backends.torch_exec.stages import StageCountError, TensorMeta, boundary_shapes, fingerprint, stage_modules
 from ir import Schedule
@@ -46,6 +47,8 @@ class RunConfig:
         device: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, one GPU per process).
         recv_lookahead: on gloo, post each receive this many compute actions before the lowered
             program does (None: all at the step's start); NCCL always keeps the program's order.
+        optimizer: "sgd", "adam", or "host-adam" (Adam's state and fp32 master weights on the host,
+            ``backends.torch_exec.optim``), applied after every step at ``lr``.
         slice_lengths: tokens of each sequence slice (k values summing to the model's sequence
             length; e.g. ``executor.slice_lengths(schedule, seq_len)``, the cost model's cut); None
             cuts equal slices.
@@ -66,12 +69,15 @@ class RunConfig:
     device: str = "cpu"
     recv_lookahead: int | None = 2
     slice_lengths: tuple[int, ...] | None = None
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunConfig.{name} must be a positive int, got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"RunConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.timeout > 0:
             raise ValueError(f"RunConfig.timeout must be > 0 seconds, got {self.timeout!r}")
 
@@ -188,7 +194,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | 
     lookahead = 0 if device.type == "cuda" else cfg.recv_lookahead
     executor = RankExecutor(schedule, rank, runners, mailbox, tracker, cfg.seed, sync=sync, recv_lookahead=lookahead)
     params = [p for r in runners.values() for p in r.module.parameters()]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr) if cfg.lr > 0 else None
+    optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
     result = RankResult(rank, stages)
     for step in range(cfg.steps):
         for p in params:

@@ -120,3 +120,22 @@ def test_a_failing_rank_makes_every_rank_exit_nonzero_within_the_timeout(hang):
         assert "injected failure" in failures[1].error
     # start-up takes a few seconds; a raise is seen at once (closed connection), a hang after the timeout
     assert elapsed < (2 * timeout + 15 if hang else timeout + 10)
+
+
+def test_an_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="RunConfig.optimizer must be one of sgd, adam, host-adam, got 'lamb'"):
+        RunConfig(build("1f1b", 2, 4), tiny_gpt(layers=2), 8, optimizer="lamb")
+
+
+def test_the_schedules_slice_cut_is_scaled_to_the_model():
+    # Cuts at 14000 and 24000 of 32768 tokens -> round(14000 * 16 / 32768) = 7 and round(11.72) = 12
+    # of tiny-gpt's 16: slices of 7, 5 and 4 tokens. No recorded cut: equal slices (None).
+    from backends.torch_exec.executor import slice_lengths
+
+    schedule = build("seq1f1b", 2, 4, k=3)
+    assert slice_lengths(schedule, 16) is None
+    cut = schedule.with_programs(schedule.ranks, slice_bounds=[0, 14000, 24000, 32768])
+    assert slice_lengths(cut, 16) == (7, 5, 4)
+    assert slice_lengths(cut, 3) == (1, 1, 1)  # every slice keeps at least one token
+    with pytest.raises(ExecutorError, match="do not describe k=3 slices"):
+        slice_lengths(schedule.with_programs(schedule.ranks, slice_bounds=[0, 16]), 16)
