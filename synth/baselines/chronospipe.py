@@ -74,6 +74,7 @@ from dataclasses import dataclass
 
 from ir import Action, Op, Placement, Schedule
 from synth.baselines.common import Baseline, check_positive
+from synth.baselines.pipeoffload import with_offload
 
 __all__ = [
     "CHRONOS_OFFLOAD",
@@ -238,23 +239,6 @@ def _programs(blk: Block, m: int, recompute: set[int]) -> list[list[Action]]:
     return programs
 
 
-def _with_offload(prog: list[Action], stages: set[int]) -> list[Action]:
-    """OFFLOAD after F; RELOAD right after the compute pass that precedes BW (it overlaps that
-    pass); only units with at least two compute passes between F and BW."""
-    where = {a: n for n, a in enumerate(prog)}
-    chosen = {a.unit for a in prog
-              if a.op is Op.F and a.stage in stages and where[a.with_op(Op.BW)] - where[a] >= 3}
-    out = []
-    for n, a in enumerate(prog):
-        out.append(a)
-        nxt = prog[n + 1] if n + 1 < len(prog) else None
-        if nxt is not None and nxt.op is Op.BW and nxt.unit in chosen:
-            out.append(nxt.with_op(Op.RELOAD))
-        if a.op is Op.F and a.unit in chosen:
-            out.append(a.with_op(Op.OFFLOAD))
-    return out
-
-
 def _shallow(p: int, stages: int | None) -> set[int]:
     n = p if stages is None else stages
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= p:
@@ -285,7 +269,7 @@ def chronos_offload(p: int, m: int, *, costs=None, stages: int | None = None) ->
     """Chronos-Pipe with the ``stages`` shallowest stages' activations offloaded (default p)."""
     check_positive(p=p, m=m)
     chosen = _shallow(p, stages)
-    programs = [_with_offload(prog, chosen) for prog in _programs(block(p), m, set())]
+    programs = [with_offload(prog, chosen, Op.BW) for prog in _programs(block(p), m, set())]
     meta = {"made_by": "synth.baselines.chronospipe (offload)", "offload_stages": len(chosen)}
     return Schedule(Placement.v_shape(p), m, programs, meta=meta)
 

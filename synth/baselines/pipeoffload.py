@@ -55,7 +55,7 @@ import math
 from ir import Action, Op, Placement, Schedule
 from synth.baselines.common import Baseline, check_positive
 
-__all__ = ["PO_F", "PO_H", "gis_programs", "pipeoffload"]
+__all__ = ["PO_F", "PO_H", "gis_programs", "pipeoffload", "with_offload"]
 
 
 def _slots(p: int, v: int, g: int, d: int) -> list[tuple[int, Op, int, int]]:
@@ -96,18 +96,20 @@ def gis_programs(p: int, m: int, v: int, g: int) -> list[list[Action]]:
     return programs
 
 
-def _with_offload(prog: list[Action], offloaded: set[int]) -> list[Action]:
-    """Insert OFFLOAD after F and RELOAD with the pass before B for units worth offloading."""
+def with_offload(prog: list[Action], offloaded: set[int], backward: Op = Op.B) -> list[Action]:
+    """Insert OFFLOAD after F and RELOAD with the compute pass before the unit's ``backward`` (B,
+    or BW for fused schedules; the reload overlaps that pass), for the units of ``offloaded``
+    stages worth it: at least two compute passes between F and the backward."""
     where = {a: n for n, a in enumerate(prog)}
     chosen = {
         a.unit for a in prog
-        if a.op is Op.F and a.stage in offloaded and where[a.with_op(Op.B)] - where[a] >= 3
+        if a.op is Op.F and a.stage in offloaded and where[a.with_op(backward)] - where[a] >= 3
     }
     out = []
     for n, a in enumerate(prog):
         out.append(a)
         nxt = prog[n + 1] if n + 1 < len(prog) else None
-        if nxt is not None and nxt.op is Op.B and nxt.unit in chosen:
+        if nxt is not None and nxt.op is backward and nxt.unit in chosen:
             out.append(nxt.with_op(Op.RELOAD))
         if a.op is Op.F and a.unit in chosen:
             out.append(a.with_op(Op.OFFLOAD))
@@ -130,7 +132,7 @@ def pipeoffload(p: int, m: int, *, costs=None, v: int = 2, g: int | None = None,
         raise ValueError(f"PO-H offloads half of each rank's chunks, so v must be even, got v={v}; try v=2 or v=4")
     chunks = v // 2 if offload == "half" else v
     offloaded = {c * p + d for c in range(chunks) for d in range(p)}
-    programs = [_with_offload(prog, offloaded) for prog in gis_programs(p, m, v, g)]
+    programs = [with_offload(prog, offloaded) for prog in gis_programs(p, m, v, g)]
     meta = {"made_by": "synth.baselines.pipeoffload", "offload": offload, "v": v, "g": g}
     return Schedule(Placement.interleaved(p, v), m, programs, meta=meta)
 
