@@ -355,9 +355,7 @@ def build_problem(
                 delta = exchange.delta(j, spec)
                 f += layers[s] * (ms(delta.f) + exchange.forward_ms[j])
                 b += layers[s] * (ms(delta.b) + exchange.backward_ms[j])
-            inp = stage_input_bytes(spec, t0, t1, first=first)
-            if j < len(bounds) - 2:  # later slices read this slice's K/V: a recomputed slice keeps them
-                inp += layers[s] * 2 * spec.dtype_bytes * spec.micro_batch * (t1 - t0) * spec.kv_dim
+            inp = _kept_bytes(spec, layers[s], t0, t1, first=first, later=j < len(bounds) - 2)
             row.append(UnitCost(f=f, b=b, w=ms(work.w), act=work.act, wact=work.wact, inp=min(inp, work.act),
                                 comm=0.0 if last else _comm_ms(spec, hw, placement, s, t0, t1)))
         units.append(tuple(row))
@@ -375,6 +373,13 @@ def build_problem(
     costs = Costs(tuple(units), tuple(static), copy_bandwidth=hw.host_bandwidth / 1e3)
     return Problem(costs, placement, m, mem_cap, spec, hw, training, layers, bounds, model_flops,
                    tuple(params_per_rank))
+
+
+def _kept_bytes(spec: TransformerSpec, layers: int, t0: int, t1: int, *, first: bool, later: bool) -> float:
+    """What a recomputed unit keeps: its stage input and, when ``later`` slices read them, its own
+    K/V (``2 e b t kv`` per layer)."""
+    kv = layers * 2 * spec.dtype_bytes * spec.micro_batch * (t1 - t0) * spec.kv_dim if later else 0
+    return stage_input_bytes(spec, t0, t1, first=first) + kv
 
 
 def _comm_ms(spec: TransformerSpec, hw: Hardware, placement: Placement, stage: int, t0: int, t1: int) -> float:
