@@ -57,8 +57,8 @@ from synth.horizon.refine import (
 )
 from synth.problem import Budget, CostsFor, SynthProblem, Variants
 
-__all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "cap_argument", "make_placement",
-           "show_bytes", "synthesize"]
+__all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "cap_argument", "least_memory",
+           "library", "make_placement", "show_bytes", "synthesize"]
 
 PLACEMENTS = ("standard", "interleaved", "v", "waves")
 
@@ -108,6 +108,11 @@ class SynthOptions:
         construct: run the list schedulers (``synth.construct``).
         groups: microbatches per block period tried by the block method.
         progress: ``progress(seconds, makespan_ms or None, bound_ms)`` during the full-horizon solve.
+        seeds: candidates from earlier searches of the same problem under other caps (``synth.research``:
+            a tighter cap's answers fit every looser one). Each that this problem's options allow is
+            judged under this cap on this problem's costs, joins the synthesized candidates with the
+            method that made it, and hints the full horizon; library candidates are left out (the
+            library is evaluated afresh when ``baselines`` is on).
     """
 
     placements: tuple[str, ...] = ("standard",)
@@ -124,6 +129,7 @@ class SynthOptions:
     construct: bool = True
     groups: tuple[int, ...] = (1, 2, 3, 4)
     progress: Callable | None = None
+    seeds: tuple[Candidate, ...] = ()
 
     @property
     def variants(self) -> Variants:
@@ -164,6 +170,7 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
         for index, (kind, placement) in enumerate(kinds.items()):
             share = max(0.0, construct_end - time.perf_counter()) / (len(kinds) - index)
             synthesized += _construct(problem, kind, placement, time.perf_counter() + share)
+    synthesized += _seeded(problem, options.seeds)
     baselines = _baselines(problem, skipped) if options.baselines else []
     block_end = problem.budget.until(BLOCK_SHARE if refine else 1.0) - FINISH
     post = [0.0]  # the longest tile + squeeze so far: each later solve leaves room for its own
@@ -197,6 +204,35 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
         bound = raise_bound(bound, *solved, chosen.schedule)
     return Synthesis(chosen, tuple(synthesized), tuple(baselines), tuple(skipped), mem_cap,
                      problem.budget.elapsed(), bound, refined, not_refined, options.time_limit)
+
+
+def library(costs_for: CostsFor, p: int, m: int, *, k: int = 1,
+            options: SynthOptions | None = None) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Every library schedule the options allow, simulated on ``costs_for`` with no cap (so each
+    is judged as fitting), and ``(name, reason)`` for the ones not built: what ``synthesize``
+    evaluates, without a search."""
+    options = options or SynthOptions()
+    problem = SynthProblem(costs_for, p, m, k, None, options.variants, Budget(options.time_limit))
+    skipped: list[tuple[str, str]] = []
+    return _baselines(problem, skipped), skipped
+
+
+def least_memory(costs_for: CostsFor, p: int, m: int, *, k: int = 1,
+                 options: SynthOptions | None = None) -> Candidate:
+    """The lowest-peak schedule ``synthesize`` can fall back on under these options: each
+    placement's sequential schedule (one microbatch at a time) and, with the library, every
+    library schedule. At its peak or above the search always finds a schedule (the smallest cap
+    `NoScheduleFits` names); below it the list schedulers may still find one, but need not."""
+    options = options or SynthOptions()
+    problem = SynthProblem(costs_for, p, m, k, None, options.variants, Budget(options.time_limit))
+    skipped: list[tuple[str, str]] = []
+    found = [_sequential(problem, options, kind, placement)
+             for kind, placement in _buildable(problem, options, skipped).items()]
+    if options.baselines:
+        found += _baselines(problem, skipped)
+    if not found:
+        raise NoScheduleFits("no schedule could be built: " + "; ".join(f"{n}: {why}" for n, why in skipped), math.inf)
+    return min(found, key=lambda c: (round(c.peak, 9), c.makespan))
 
 
 def _buildable(problem: SynthProblem, options: SynthOptions, skipped: list) -> dict[str, Placement]:
@@ -246,6 +282,27 @@ def _construct(problem: SynthProblem, kind: str, placement: Placement, deadline:
         if found:
             out.append(evaluate(f"synth-list/{kind}", found[0].schedule, costs, problem.mem_cap, method="list",
                                 seconds=time.perf_counter() - began, timeline=found[0].timeline))
+    return out
+
+
+def _seeded(problem: SynthProblem, seeds) -> list[Candidate]:
+    """The seeds (``SynthOptions.seeds``) judged under this problem's cap: a seed simulated on the
+    same costs keeps its timeline; one whose costs differ is simulated again on this problem's."""
+    out = []
+    for seed in seeds:
+        schedule = seed.schedule
+        if seed.method == "library" or schedule.p != problem.p or schedule.m != problem.m:
+            continue
+        if problem.variants.allows(schedule) is not None:
+            continue
+        try:
+            costs = problem.costs(schedule.placement, schedule.k)
+        except ValueError:
+            continue
+        timeline = seed.timeline if costs == seed.costs else None
+        judged = evaluate(seed.name, schedule, costs, problem.mem_cap, method=seed.method, block=seed.block,
+                          seconds=seed.seconds, timeline=timeline)
+        out.append(dataclasses.replace(judged, horizon=seed.horizon))
     return out
 
 

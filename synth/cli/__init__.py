@@ -1,7 +1,9 @@
 """The ``synth`` command.
 
 ``synth [options]`` synthesizes the fastest schedule that fits a memory cap (``synth.cli.commands``);
-``synth compare`` lists every candidate; ``synth baselines`` lists the schedule library;
+``synth compare`` lists every candidate; ``synth frontier`` sweeps the memory cap
+(``synth.cli.frontier``); ``synth max-model`` finds the largest model at a throughput floor
+(``synth.cli.max_model``); ``synth baselines`` lists the schedule library;
 ``synth show FILE`` (or ``--baseline NAME -p P -m M``) verifies and simulates a schedule with
 uniform per-full-stage costs (``--f --b --w --comm``) or a user's ``--costs FILE``
 (``synth.costs.user``), prints its summary, and optionally draws it; ``synth costs`` prints the
@@ -105,7 +107,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-SUBCOMMANDS = ("baselines", "show", "costs", "compare", "run")
+SUBCOMMANDS = ("baselines", "show", "costs", "compare", "frontier", "max-model", "run")
 
 
 def _synth_parser() -> argparse.ArgumentParser:
@@ -152,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     from synth.cli.commands import add_synth_arguments
 
     add_synth_arguments(compare, outputs=False)
+    from synth.cli.frontier import add_frontier_arguments
+
+    add_frontier_arguments(sub.add_parser(
+        "frontier", help="the memory/throughput frontier: synthesize at caps from the least any schedule needs to "
+                         "where more memory stops helping; a table (md, csv) and a figure, library schedules placed "
+                         "against it"))
+    from synth.cli.max_model import add_max_model_arguments
+
+    add_max_model_arguments(sub.add_parser(
+        "max-model", help="the largest model of a family (layers or width scaled) that trains at a throughput floor "
+                          "(--mfu, --tokens-per-s, --at-least 1f1b), beside 1F1B, 1F1B with recompute and the library"))
     run = sub.add_parser("run", help="run a schedule on a real model with torch.distributed (one process per rank)")
     _add_run_arguments(run)
     args = parser.parse_args(argv)
@@ -165,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         from synth.cli.commands import compare_command
 
         return _guarded("synth compare", lambda: compare_command(args))
+    if args.command == "max-model":
+        from synth.cli.max_model import max_model_command
+
+        return max_model_command(args)
+    if args.command == "frontier":
+        from synth.cli.frontier import frontier_command
+
+        return _guarded("synth frontier", lambda: frontier_command(args))
     return _guarded(f"synth {args.command}", lambda: _show(args) if args.command == "show" else _costs(args))
 
 

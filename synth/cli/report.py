@@ -1,6 +1,7 @@
 """What ``synth`` and ``synth compare`` print: the header, the candidates' table and the lines
-under it (cap, baseline, bound, full horizon, skipped placements), and the full-horizon
-progress line on stderr.
+under it (cap, baseline, bound, full horizon, skipped placements), the full-horizon
+progress line on stderr, and with knobs given as ``auto`` the knob search's table of trials
+(`knob_lines`, ``synth.research.knobs``) and its progress line (`TrialLine`).
 
 The costs' source (``synth.cli.source``) decides the memory unit and whether there is a
 throughput: with ``--costs FILE`` there are no tokens/s or MFU columns and memory is in the
@@ -14,9 +15,10 @@ import sys
 from dataclasses import dataclass
 
 from synth.candidates import best
+from synth.research.knobs import KnobSearch, Trial
 from synth.search import Candidate, Synthesis
 
-__all__ = ["Outcome", "ProgressLine", "compare_lines", "skipped_lines", "synth_lines"]
+__all__ = ["Outcome", "ProgressLine", "TrialLine", "compare_lines", "knob_lines", "skipped_lines", "synth_lines"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,17 @@ def _row(c: Candidate, outcome: Outcome, mark: str = "") -> list[str]:
     t = outcome.source.throughput(c.schedule.placement, c.schedule.k, c.makespan)
     if t is not None:
         rate = [f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%"]
-    return [c.name + mark, c.placement, f"{c.makespan:,.1f}" if c.makespan < 1000 else f"{c.makespan:,.0f}",
+    return [c.name + mark, c.placement, _ms(c.makespan),
             f"{c.timeline.bubble_ratio:.3f}", *rate, outcome.source.memory(c.peak), "yes" if c.fits else "no",
             c.decisions(), solver]
 
 
-def _table(rows: list[list[str]], outcome: Outcome) -> list[str]:
-    columns = _columns(outcome)
+def _ms(x: float) -> str:
+    return f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+def _table(rows: list[list[str]], outcome: Outcome | None = None, columns: list[str] | None = None) -> list[str]:
+    columns = columns or _columns(outcome)
     widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*columns).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
@@ -206,4 +212,94 @@ class ProgressLine:
         gap = "" if makespan is None or makespan <= 0 else f", gap {100 * max(0.0, 1 - bound / makespan):.1f}%"
         found = "none yet" if makespan is None else f"{makespan:,.1f} ms"
         print(f"  full horizon {seconds:6.1f} s: makespan {found}, bound {bound:,.1f} ms{gap}",
+              file=self.stream or sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ knob search
+def knob_lines(search: KnobSearch) -> list[str]:
+    """The knob search's report: what was tried and how it was ranked, one row per trial and
+    placement (the trial's best schedule there; the best trial's chosen schedule marked), the
+    values not tried and the trials that failed, then the best trial's knobs. As in `synth_lines`,
+    a costs file's trials have no tokens/s or MFU columns."""
+    unit = search.trials[0].source.memory_label if search.trials else ""
+    overhead = any(t.ok and t.step_overhead_ms > 0 for t in search.trials)
+    batch = any(t.micro_batch is not None for t in search.trials)  # none with a costs file
+    columns = [*(["micro-batch"] if batch else []), "m", "k", "chunks", "placement", "schedule", "makespan ms",
+               *(["iteration ms"] if overhead else []), *(["tokens/s", "MFU"] if search.throughput else []),
+               f"peak {unit}".rstrip(), "fits"]
+    rows = [row[0 if batch else 1:] for trial in search.trials
+            for row in _trial_rows(trial, trial is search.best, overhead, search.throughput)]
+    lines = [_knob_header(search), *search.notes, ""]
+    if rows:
+        lines += _table(rows, columns=columns)
+    reasons: dict[str, list[str]] = {}  # one line per reason, naming every value it left out
+    for what, why in search.not_tried:
+        reasons.setdefault(why, []).append(what)
+    lines += [f"not tried: {', '.join(whats)}: {why}" for why, whats in reasons.items()]
+    lines += [f"failed: {_knobs_text(t)}: {t.error.splitlines()[0]}" for t in search.trials
+              if not t.ok and t.smallest is None]
+    if any(not t.ok and t.smallest is not None for t in search.trials):
+        lines.append("none fits: no schedule fits the cap; the peak column gives the least any schedule built needs")
+    if search.best is not None:
+        b, t = search.best, search.best.throughput
+        rate = f", {t.tokens_per_s:,.0f} tokens/s, MFU {100 * t.mfu:.1f}%" if t is not None else ""
+        lines.append(f"best: {_knobs_text(b)}: {b.chosen.name} ({b.chosen.placement}), "
+                     f"{_ms(b.iteration_ms)} ms per iteration{rate}")
+    return lines
+
+
+def _knob_header(search: KnobSearch) -> str:
+    tried, trials = [], search.trials
+    if "microbatches" in search.searched:
+        sizes = sorted({t.micro_batch for t in trials if t.micro_batch is not None})
+        tried.append(f"micro-batch {', '.join(map(str, sizes)) or 'none'} of a global batch of {search.global_batch}")
+    for name, attribute in (("slices", "k"), ("chunks", "chunks")):
+        if name in search.searched:
+            tried.append(f"{name} {', '.join(str(x) for x in sorted({getattr(t.knobs, attribute) for t in trials}))}")
+    measure = ("by iteration time (makespan + host optimizer step; every trial trains the same sequences, so the "
+               "shortest has the most tokens/s)" if search.throughput
+               else "by makespan (every trial runs the same microbatches)")
+    given = sorted(t.time_limit for t in trials)
+    share = f"{given[0]:.2g}" + (f"-{given[-1]:.2g}" if given and given[-1] > given[0] * 1.05 else "") if given else "0"
+    return (f"knob search: {'; '.join(tried) or 'nothing searched'}; {len(trials)} trial(s) in {search.seconds:.1f} s "
+            f"(--time-limit {search.time_limit:g} s shared among them: {share} s each, at least "
+            f"{search.min_trial_seconds:g}); ranked {measure}")
+
+
+def _knobs_text(trial: Trial) -> str:
+    b = trial.micro_batch
+    batch = "" if b is None else f"micro-batch {b}, "
+    return f"{batch}m {trial.knobs.m}, k {trial.knobs.k}, chunks {trial.knobs.chunks}"
+
+
+def _trial_rows(trial: Trial, is_best: bool, overhead: bool, throughput: bool) -> list[list[str]]:
+    """One row per placement of ``trial``: its best schedule there (`Trial.by_placement`)."""
+    knobs = trial.knobs
+    head = ["-" if trial.micro_batch is None else str(trial.micro_batch), str(knobs.m), str(knobs.k)]
+    if not trial.ok:  # the peak column: the least any of its schedules needs
+        least = trial.smallest
+        peak = "-" if least is None or not math.isfinite(least) else trial.source.memory(least)
+        blank = ["-"] * (1 + overhead + 2 * throughput)
+        return [[*head, str(knobs.chunks), ",".join(trial.placements), "none fits", *blank, peak, "no"]]
+    rows = []
+    for result in trial.by_placement():
+        c, t = result.candidate, result.throughput
+        mark = " (best)" if is_best and _same(c, trial.chosen) else ""
+        extra = [_ms(c.makespan + (t.step_overhead_ms if t else 0.0))] if overhead else []
+        rate = [] if not throughput else ["-", "-"] if t is None else [f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%"]
+        rows.append([*head, "-" if result.chunks is None else str(result.chunks), result.placement, c.name + mark,
+                     _ms(c.makespan), *extra, *rate, trial.source.memory(c.peak), "yes" if c.fits else "no"])
+    return rows
+
+
+class TrialLine:
+    """Prints one line per finished trial of the knob search to stderr (the search can take a while)."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+
+    def __call__(self, index: int, total: int, trial: Trial) -> None:
+        found = (f"{trial.chosen.name} {_ms(trial.makespan)} ms" if trial.ok
+                 else trial.error.splitlines()[0][:80])
+        print(f"  trial {index + 1}/{total} ({_knobs_text(trial)}; {trial.seconds:.1f} s): {found}",
               file=self.stream or sys.stderr, flush=True)
