@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ir.actions import parse_action
-from ir.files import write_new
+from ir.files import read_input, write_new
 from ir.placement import Placement, PlacementKind
 from ir.schedule import Schedule
 
@@ -126,6 +126,9 @@ def loads(text: str | bytes) -> Schedule:
         raise SchemaError(
             f"schedule JSON is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise SchemaError("schedule JSON is nested too deeply to be a schedule (arrays or objects within one "
+                          "another thousands of levels down)") from None
     return from_json(obj)
 
 
@@ -134,10 +137,12 @@ def load(path: str | Path) -> Schedule:
 
     Raises:
         SchemaError: as `loads`, with the path in front of the message.
+        InputFileError: missing, not a regular file, too large or not UTF-8 (``ir.files.read_input``).
     """
     path = Path(path)
+    text = read_input(path, "schedule")
     try:
-        return loads(path.read_text(encoding="utf-8"))
+        return loads(text)
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}") from None
 
@@ -161,7 +166,8 @@ def from_json(obj: Any) -> Schedule:
         raise SchemaError(f"schedule JSON must be an object, got {_kind(obj)}")
     _check_header(obj)  # first: another version may have other fields
     _check_keys(obj, _FIELDS, "")
-    placement = _read_placement(obj["placement"])
+    declared = len(obj["ranks"]) if isinstance(obj["ranks"], list) else None
+    placement = _read_placement(obj["placement"], declared)
     m = _positive_int(obj["m"], "m")
     k = _positive_int(obj["k"], "k")
     ranks = _read_ranks(obj["ranks"])
@@ -169,9 +175,17 @@ def from_json(obj: Any) -> Schedule:
     if not isinstance(meta, dict):
         raise _field_error("meta", f"expected an object, got {_kind(meta)}")
     try:
-        return Schedule(placement, m, ranks, k, meta)
+        schedule = Schedule(placement, m, ranks, k, meta)
     except (TypeError, ValueError) as exc:
         raise _field_error("ranks", str(exc)) from None
+    # every microbatch and slice runs a forward on every stage: the sizes are bounded by the actions
+    # written (checked before verify or simulate enumerate them)
+    actions = sum(len(prog) for prog in ranks)
+    if m * k * placement.num_stages > actions:
+        raise _field_error("m", f"m = {m} microbatches of k = {k} slice(s) over {placement.num_stages} stages need "
+                                f"at least {m * k * placement.num_stages:,} forwards, but the file holds "
+                                f"{actions:,} actions in all")
+    return schedule
 
 
 def _check_header(obj: dict[str, Any]) -> None:
@@ -194,7 +208,7 @@ def _check_header(obj: dict[str, Any]) -> None:
         )
 
 
-def _read_placement(obj: Any) -> Placement:
+def _read_placement(obj: Any, declared: int | None = None) -> Placement:
     if not isinstance(obj, dict):
         raise _field_error("placement", f"expected an object, got {_kind(obj)}")
     _check_keys(obj, _PLACEMENT_FIELDS, "placement.")
@@ -208,6 +222,9 @@ def _read_placement(obj: Any) -> Placement:
     for s, rank in enumerate(stage_to_rank):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise _field_error(f"placement.stage_to_rank[{s}]", f"expected a non-negative int, got {rank!r}")
+        if declared is not None and rank >= max(declared, len(stage_to_rank)):  # before any table sized by it
+            raise _field_error(f"placement.stage_to_rank[{s}]", f"rank {rank}, but the file has {declared} rank "
+                                                                f"program(s) (ranks 0 to {declared - 1})")
     try:
         return Placement(tuple(stage_to_rank), PlacementKind(kind))
     except ValueError as exc:

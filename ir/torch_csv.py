@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from ir.actions import Action, Op
-from ir.files import write_new
+from ir.files import read_input, write_new
 from ir.placement import Placement, PlacementKind
 from ir.schedule import Schedule
 
@@ -134,8 +134,9 @@ def from_torch_csv(text: str, *, m: int | None = None, drop_fsdp_ops: bool = Fal
 def read_torch_csv(path: str | Path, *, m: int | None = None, drop_fsdp_ops: bool = False) -> Schedule:
     """Read a torch CSV file (see `from_torch_csv`); errors carry the path."""
     path = Path(path)
+    text = read_input(path, "torch CSV schedule")
     try:
-        return from_torch_csv(path.read_text(encoding="utf-8"), m=m, drop_fsdp_ops=drop_fsdp_ops)
+        return from_torch_csv(text, m=m, drop_fsdp_ops=drop_fsdp_ops)
     except TorchCsvError as exc:
         raise TorchCsvError(f"{path}: {exc}") from None
 

@@ -12,43 +12,86 @@ when the command runs, so declaring it keeps ``synth show`` fast.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ir import Schedule, ScheduleError
 from ir.files import check_writable
+from synth.costs.args import int_at_least
 
 __all__ = ["add_run_arguments", "run_command"]
 
 _GPT_OPTIONS = ("layers", "hidden", "heads", "seq_len", "vocab", "dropout")
 
 
+# The least --timeout: starting the ranks and their process group alone takes a few seconds.
+MIN_TIMEOUT = 5.0
+_positive_int = int_at_least(1)
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    value = _number(text, "a learning rate, a finite number > 0 (e.g. 0.05)")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"the learning rate must be > 0 (a negative or zero one does not train), "
+                                         f"got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, "a dropout probability in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"dropout must be in [0, 1), got {text!r}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = _number(text, "seconds")
+    if value < MIN_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"--timeout {text}: below {MIN_TIMEOUT:g} s the ranks cannot even start "
+                                         f"their process group; give at least {MIN_TIMEOUT:g}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``synth run``'s arguments on ``parser``."""
     parser.add_argument("file", type=Path, nargs="?", help="a saved schedule (.json or torch .csv)")
     parser.add_argument("--baseline", help="build this library schedule instead of reading a file")
-    parser.add_argument("-p", "--ranks", type=int, default=2, help="ranks, with --baseline (default 2)")
-    parser.add_argument("-m", "--microbatches", type=int, default=4, help="microbatches, with --baseline (default 4)")
+    parser.add_argument("-p", "--ranks", type=_positive_int, default=2, help="ranks, with --baseline (default 2)")
+    parser.add_argument("-m", "--microbatches", type=_positive_int, default=4,
+                        help="microbatches, with --baseline (default 4)")
     parser.add_argument("--model", default="tiny-gpt", help="model to run (default tiny-gpt, a small causal GPT)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
-    parser.add_argument("--nproc", type=int, help="processes to start (default and only allowed value: the "
+    parser.add_argument("--steps", type=_positive_int, default=3, help="training steps (default 3)")
+    parser.add_argument("--nproc", type=_positive_int, help="processes to start (default and only allowed value: the "
                         "schedule's ranks); ignored under torchrun")
-    parser.add_argument("--batch-size", type=int, help="sequences per step (default 2 per microbatch)")
-    parser.add_argument("--layers", type=int, help="tiny-gpt blocks (default: one per stage)")
-    parser.add_argument("--hidden", type=int, help="tiny-gpt width (default 32)")
-    parser.add_argument("--heads", type=int, help="tiny-gpt attention heads (default 2)")
-    parser.add_argument("--seq-len", type=int, help="tiny-gpt tokens per sequence (default 16)")
-    parser.add_argument("--vocab", type=int, help="tiny-gpt vocabulary (default 64)")
-    parser.add_argument("--dropout", type=float, help="tiny-gpt dropout (default 0)")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    parser.add_argument("--batch-size", type=_positive_int, help="sequences per step (default 2 per microbatch)")
+    parser.add_argument("--layers", type=_positive_int, help="tiny-gpt blocks (default: one per stage)")
+    parser.add_argument("--hidden", type=_positive_int, help="tiny-gpt width (default 32)")
+    parser.add_argument("--heads", type=_positive_int, help="tiny-gpt attention heads (default 2)")
+    parser.add_argument("--seq-len", type=_positive_int, help="tiny-gpt tokens per sequence (default 16)")
+    parser.add_argument("--vocab", type=_positive_int, help="tiny-gpt vocabulary (default 64)")
+    parser.add_argument("--dropout", type=_fraction, help="tiny-gpt dropout (default 0)")
+    parser.add_argument("--lr", type=_learning_rate, default=0.05, help="learning rate (default 0.05)")
     parser.add_argument("--optimizer", choices=("sgd", "adam", "host-adam"), default="sgd",
                         help="sgd (default), adam, or host-adam: Adam's state and fp32 master weights kept on the "
                         "host, the update run there (ChronosPipe's model-state offload)")
     parser.add_argument("--seed", type=int, default=0, help="dropout seed base (default 0)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu (gloo) or cuda (NCCL, one GPU per rank); default cpu")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may take (default 60)")
+    parser.add_argument("--timeout", type=_timeout, default=60.0,
+                        help=f"seconds any wait may take, at least {MIN_TIMEOUT:g} (starting the process group "
+                        "alone takes seconds) (default 60)")
     parser.add_argument("--slice-lengths", default="auto",
                         help="tokens of each sequence slice: 'auto' (default: the cut the schedule records in "
                         "meta.slice_bounds, e.g. the cost model's compute-balanced one, scaled to the model's "
@@ -58,14 +101,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Schedule, str]:
+    if args.baseline and args.file is not None:
+        raise ValueError(f"give a schedule FILE or --baseline NAME, not both ({args.file} and --baseline "
+                         f"{args.baseline})")
     if args.baseline:
         from synth.baselines import build
 
         return build(args.baseline, args.ranks, args.microbatches), args.baseline
     if args.file is None:
         raise ValueError("give a schedule FILE (.json or torch .csv) or --baseline NAME")
-    if not args.file.is_file():
-        raise ValueError(f"{args.file}: no such file")
     from ir.jsonio import load
     from ir.torch_csv import read_torch_csv
 

@@ -9,7 +9,9 @@ Failure handling: a task refused on every rank before any compute (`ExecutorErro
 group usable and is raised as is. Any other error ends that worker with exit code 1, which
 closes its connections, so its peers' waits fail (or time out) and they exit non-zero too;
 the parent collects every rank's message and raises `RunFailed`, and terminates a worker that
-has not reported ``timeout + 5`` seconds after the first failure (it hangs outside any wait).
+has not reported ``timeout + 5`` seconds after the first failure (it hangs outside any wait, or
+was stopped), killing it if SIGTERM does not end it. Every worker watches its parent and exits
+as soon as the parent is gone, whatever signal ended it, so no rank outlives ``synth run``.
 
 Under torchrun (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` in the environment) `torchrun_rank`
 gives the rank and `init_from_env` joins torchrun's rendezvous instead.
@@ -23,6 +25,7 @@ import os
 import queue
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -69,8 +72,25 @@ def _device(kind: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+# Seconds between a worker's checks that the process that started it is still alive.
+PARENT_WATCH_SECONDS = 0.5
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker at once when its parent is gone (killed by any signal, even SIGKILL): the
+    worker is then re-parented, so ``getppid`` changes. A thread, so a worker busy in compute or
+    blocked in a collective still ends."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_WATCH_SECONDS)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker(rank: int, world_size: int, port: int, device_kind: str, timeout: float, threads: int,
-            tasks: Any, results: Any) -> None:
+            tasks: Any, results: Any, parent: int) -> None:
+    _watch_parent(parent)
     torch.set_num_threads(threads)
     code = 0
     try:
@@ -123,7 +143,8 @@ class WorkerGroup:
         threads = threads or max(1, (os.cpu_count() or 1) // nproc)
         port = _free_port()
         self._procs = [
-            ctx.Process(target=_worker, args=(r, nproc, port, device, timeout, threads, self._tasks[r], self._results),
+            ctx.Process(target=_worker, args=(r, nproc, port, device, timeout, threads, self._tasks[r], self._results,
+                                                     os.getpid()),
                         daemon=True)
             for r in range(nproc)
         ]
@@ -150,6 +171,9 @@ class WorkerGroup:
             except queue.Empty:
                 if any(not p.is_alive() for r, p in enumerate(self._procs) if r not in got):
                     break  # a rank died without reporting
+                if any(s == "error" for s, _ in got.values()) and any(
+                        _stopped(p) for r, p in enumerate(self._procs) if r not in got):
+                    break  # a stopped rank never reports: end the run now
                 if time.monotonic() > give_up:
                     break
                 continue
@@ -167,15 +191,14 @@ class WorkerGroup:
         """Close a group after a failed task: ranks that reported exit by themselves, silent ones
         (dead or hung) are terminated; raise `RunFailed` with every rank that did not succeed."""
         self.broken = True
+        silent = "no report within the timeout: the process died, hung or was stopped (SIGSTOP); ended"
         for r, proc in enumerate(self._procs):
             if r in got:
                 proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+            _end(proc)
         failures = []
         for r, proc in enumerate(self._procs):
-            status, value = got.get(r, ("lost", "no report: the process died or hung and was terminated"))
+            status, value = got.get(r, ("lost", silent))
             if status != "ok":
                 failures.append(RankFailure(r, proc.exitcode, value if isinstance(value, str) else repr(value)))
         self._close_queues()
@@ -188,9 +211,7 @@ class WorkerGroup:
             for proc in self._procs:
                 proc.join(10)
         for proc in self._procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+            _end(proc)
         self.broken = True
         self._close_queues()
 
@@ -208,6 +229,26 @@ class WorkerGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stopped(proc) -> bool:
+    """``proc`` is stopped (SIGSTOP, a debugger): Linux's /proc state ``T`` or ``t``; False elsewhere."""
+    try:
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
+def _end(proc) -> None:
+    """Terminate ``proc`` if it still runs, and kill it if that does not end it within 5 s (a
+    stopped process does not act on SIGTERM until continued; SIGKILL ends it anyway)."""
+    if proc.is_alive() and not _stopped(proc):
+        proc.terminate()
+        proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
 
 
 def spawn(nproc: int, fn: Callable[..., Any], *args: Any, device: str = "cpu", timeout: float = 60.0,

@@ -22,6 +22,9 @@ from synth.costs.args import add_problem_arguments
 
 
 def _load(args: argparse.Namespace):
+    if args.baseline and args.file is not None:
+        raise ValueError(f"give a schedule FILE or --baseline NAME, not both ({args.file} and --baseline "
+                         f"{args.baseline})")
     if args.baseline:
         from synth.baselines import build
 
@@ -53,6 +56,9 @@ def _show_costs(args: argparse.Namespace, schedule):
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ir.files import check_outputs
+
+    check_outputs([path for path in (args.plot, args.trace) if path is not None], args.force)
     schedule = _load(args)  # simulate runs verify's structural rules itself
     costs, described = _show_costs(args, schedule)
     timeline = simulate(schedule, costs)
@@ -124,6 +130,15 @@ def _synth_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``synth`` command; Ctrl-C anywhere ends it with one line and exit status 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("synth: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         args = _synth_parser().parse_args(argv)

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from ir.files import check_writable
+from ir.files import check_outputs
 from synth.cli.report import Outcome, ProgressLine, TrialLine, compare_lines, knob_lines, synth_lines
 from synth.cli.source import FileSource, ModelSource, parse_mem_cap, resolve_cap, source_from_args
 from synth.costs.args import (
@@ -186,8 +186,7 @@ def _knob_search(args: argparse.Namespace) -> tuple[KnobSearch, Outcome]:
 def synth_command(args: argparse.Namespace) -> int:
     """``synth``: the best schedule that fits, beside the best fitting baseline; writes it out."""
     outputs = [path for path in (args.output, args.plot, args.trace, args.torch_csv) if path is not None]
-    for path in outputs:  # before the solver runs, so a refusal costs nothing
-        check_writable(path, args.force)
+    check_outputs(outputs, args.force)  # before the solver runs, so a refusal costs nothing
     if knobs_searched(args):
         search, outcome = _knob_search(args)
         print("\n".join([*knob_lines(search), "", *synth_lines(outcome)]))

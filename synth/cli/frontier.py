@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ir.files import check_writable, write_new
+from ir.files import check_outputs, write_new
 from synth.cli.source import ModelSource, resolve_cap
 from synth.costs.args import fixed_knobs, int_at_least
 from synth.research.frontier import Frontier, FrontierPoint, frontier, frontier_csv, frontier_table, plot_frontier
@@ -55,8 +55,7 @@ def frontier_command(args: argparse.Namespace) -> int:
     from synth.cli.commands import problem_source, synth_options
 
     outputs = [args.out.with_name(args.out.name + suffix) for suffix in (".md", ".csv", ".png")]
-    for path in outputs:  # before any solve, so a refusal costs nothing
-        check_writable(path, args.force)
+    check_outputs(outputs, args.force)  # before any solve, so a refusal costs nothing
     fixed_knobs(args, "synth frontier")
     p, m, source, offload = problem_source(args)
     top = resolve_cap(args.mem_cap, source, p, m) if args.mem_cap is not None else None

@@ -9,9 +9,12 @@ stages, slices and the `Problem` in ``synth.costs.problem``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from ir.files import InputFileError, read_input
 
 __all__ = ["DTYPE_BYTES", "PRESETS", "CostModelError", "TransformerSpec", "preset", "spec_from_hf_config"]
 
@@ -222,6 +225,9 @@ def spec_from_hf_config(
         raise CostModelError(
             f"{label}: missing field(s) {', '.join(missing)}; a {'GPT-2' if gpt2 else 'Llama/Mistral/Qwen'}-style "
             f"config.json needs {', '.join(fields)}")
+    for key in (*fields, "n_positions", "max_position_embeddings", "n_inner", "num_key_value_heads", "head_dim",
+                "sliding_window"):
+        config = {**config, key: _whole(config, key, label)} if key in config else config
     values = {name: config[key] for key, name in fields.items()}
     max_positions = config.get("n_positions" if gpt2 else "max_position_embeddings")
     if seq_len is None:
@@ -252,15 +258,34 @@ def spec_from_hf_config(
         raise CostModelError(f"{label}: a field has the wrong type ({exc})") from None
 
 
+# Larger than any real model's dimension or context, and small enough for exact float arithmetic.
+_LARGEST_FIELD = 2**40
+
+
+def _whole(config: dict[str, Any], key: str, label: str) -> int | None:
+    """``config[key]`` as a positive whole number (None stays None), or `CostModelError` naming the
+    file, the field, the value and what is allowed."""
+    value = config[key]
+    if value is None:
+        return None
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    if not whole or not 1 <= value <= _LARGEST_FIELD:
+        raise CostModelError(f"{label}: field {key!r} is {value!r}; it must be a whole number from 1 to "
+                             f"{_LARGEST_FIELD:,}")
+    return int(value)
+
+
 def _read_config(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(source, dict):
         return source, "config"
     path = Path(source)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CostModelError(f"{path}: no such file; give a preset name or a Hugging Face config.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = json.loads(read_input(path, "model config"))
+    except InputFileError as exc:
+        fix = "; give a preset name or a Hugging Face config.json" if not path.exists() else ""
+        raise CostModelError(f"{exc}{fix}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CostModelError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(config, dict):
         raise CostModelError(f"{path}: a config.json holds one JSON object, found {type(config).__name__}")

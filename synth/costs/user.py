@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ir import Costs, Placement, UnitCost
+from ir.files import InputFileError, read_input
 from synth.costs.spec import CostModelError
 
 __all__ = ["FIELDS", "REQUIRED", "UserCosts", "costs_for", "costs_table", "parse_user_costs", "read_user_costs",
@@ -115,11 +116,13 @@ def read_user_costs(path: str | Path, p: int) -> UserCosts:
     """
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise CostModelError(f"cannot read the costs file {path}: {err.strerror or err}") from None
+        text = read_input(path, "costs file")
+    except InputFileError as err:
+        raise CostModelError(str(err)) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise CostModelError(f"{path}: nested too deeply to be a costs file (one flat object)") from None
     except json.JSONDecodeError as err:
         raise CostModelError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
                              "write one object such as {\"f\": 1, \"b\": 1, \"w\": 1, \"act\": 1, \"wact\": 1, "
