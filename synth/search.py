@@ -79,6 +79,11 @@ HOPELESS = 1.25
 # The list schedulers may use at most this share of the time limit (they need far less: about a
 # second at p = 16, m = 128; the deadline only cuts in at tiny time limits or huge problems).
 CONSTRUCT_SHARE = 0.6
+# The library's schedules are evaluated until this share of the time limit has passed (and for at
+# least MIN_LIBRARY seconds): at p = 8, m = 32 all of them take about 1.5 s, at m = 5000 each takes
+# seconds.
+LIBRARY_SHARE = 0.75
+MIN_LIBRARY = 2.0
 # Seconds kept for what follows the blocks when no full horizon runs (the chosen schedule's
 # re-simulation, the bound).
 FINISH = 0.3
@@ -171,7 +176,8 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
             share = max(0.0, construct_end - time.perf_counter()) / (len(kinds) - index)
             synthesized += _construct(problem, kind, placement, time.perf_counter() + share)
     synthesized += _seeded(problem, options.seeds)
-    baselines = _baselines(problem, skipped) if options.baselines else []
+    library_end = max(problem.budget.until(LIBRARY_SHARE), time.perf_counter() + MIN_LIBRARY)
+    baselines = _baselines(problem, skipped, library_end) if options.baselines else []
     block_end = problem.budget.until(BLOCK_SHARE if refine else 1.0) - FINISH
     post = [0.0]  # the longest tile + squeeze so far: each later solve leaves room for its own
     for index, (kind, placement) in enumerate(kinds.items()):
@@ -414,13 +420,18 @@ def _refine(problem: SynthProblem, options: SynthOptions, kind: str,
     return dataclasses.replace(candidate, horizon=result), "", (h, result)
 
 
-def _baselines(problem: SynthProblem, skipped: list) -> list[Candidate]:
+def _baselines(problem: SynthProblem, skipped: list, deadline: float = math.inf) -> list[Candidate]:
     """Every library schedule for the same slicing (the sequence-slice families with ``k`` slices
-    when k > 1, the others when k = 1) that uses only what the options allow."""
+    when k > 1, the others when k = 1) that uses only what the options allow; those not started
+    by ``deadline`` (verifying and simulating each grows with m: seconds each at m = 5000) go to
+    ``skipped`` as not evaluated."""
     from synth.baselines import BASELINES
 
     out, p, m, k = [], problem.p, problem.m, problem.k
     for name, baseline in BASELINES.items():
+        if time.perf_counter() > deadline:
+            skipped.append((name, "not evaluated: the search's time limit (--time-limit) was reached"))
+            continue
         sliced = "k" in baseline.options
         if sliced != (k > 1):
             skipped.append((name, "slices sequences" if sliced else "works on whole microbatches (k = 1)"))
