@@ -169,7 +169,15 @@ def frontier(costs_for: CostsFor, p: int, m: int, *, k: int = 1, options: SynthO
             progress(len(solved), total[0], point)
         return point
 
-    least_schedule = least_memory(costs_for, p, m, k=k, options=options)
+    shown, _ = library(costs_for, p, m, k=k, options=options)  # evaluated once: the anchors and the bottom
+    try:
+        fallbacks = [least_memory(costs_for, p, m, k=k, options=dataclasses.replace(options, baselines=False))]
+    except NoScheduleFits:
+        if not (options.baselines and shown):
+            raise
+        fallbacks = []  # no placement builds; the library's schedules are the fallbacks
+    least_schedule = min([*fallbacks, *(shown if options.baselines else ())], key=lambda c: (round(c.peak, 9),
+                                                                                             c.makespan))
     least = least_schedule.peak
     if max_cap is not None and max_cap < least * (1 - MEMORY_RTOL):
         raise NoScheduleFits(f"the sweep's top cap {max_cap:g} is below its bottom, the least cap the search is "
@@ -178,7 +186,6 @@ def frontier(costs_for: CostsFor, p: int, m: int, *, k: int = 1, options: SynthO
     top_point = solve(max_cap)
     # where the frontier stops improving: the least peak of any schedule as fast as the uncapped answer
     top = _pareto(found)[-1].peak if max_cap is None and found else (max_cap or top_point.chosen.peak)
-    shown, _ = library(costs_for, p, m, k=k, options=options)
     near = [c.peak for c in shown if least < c.peak < top * (1 - SAME_CAP)] if anchors else []
     caps = ([least] if least < top * (1 - SAME_CAP) else []) + _distinct(near)  # the bottom is always solved
     reserve = points // 3 if len(caps) > 1 else 0  # solves kept for the adaptive points
