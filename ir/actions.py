@@ -11,7 +11,7 @@ input-gradient backward (torch's ``I``) and ``BW`` the fused backward (torch's
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = ["Op", "Action", "Stream", "parse_action"]
@@ -27,6 +27,9 @@ class Stream(StrEnum):
 
 class Op(StrEnum):
     """The passes a schedule is made of (see DESIGN.md, "Ops")."""
+
+    # Members are their names, so hashing as the plain string is the same hash, in C.
+    __hash__ = str.__hash__
 
     F = "F"  # forward
     B = "B"  # backward for inputs (activation grad)
@@ -79,8 +82,24 @@ class Action:
     stage: int
     microbatch: int
     slice: int = 0
+    # The hash, computed once: actions are dict keys everywhere in verify and simulate.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Fast path: the common, already-valid case costs four type checks (hot in simulate and verify).
+        if not (type(self.op) is Op and type(self.stage) is int and type(self.microbatch) is int
+                and type(self.slice) is int and self.stage >= 0 and self.microbatch >= 0 and self.slice >= 0):
+            self._validate()
+        object.__setattr__(self, "_hash", hash((self.op, self.stage, self.microbatch, self.slice)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        # String hashes differ between processes, so an unpickled action recomputes its own.
+        return (Action, (self.op, self.stage, self.microbatch, self.slice))
+
+    def _validate(self) -> None:
         if not isinstance(self.op, Op):
             try:
                 object.__setattr__(self, "op", Op(self.op))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ir.actions import Action, Stream, parse_action
 from ir.costs import Costs
-from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
+from ir.deps import ProgramIndex, memory_effects, paused_gc, ready_time
 from ir.errors import ScheduleError, Violation
 from ir.schedule import Schedule
 
@@ -105,11 +105,12 @@ def simulate(schedule: Schedule, costs: Costs) -> Timeline:
     from ir.verify import structural_violations
 
     check_costs_shape(schedule, costs)
-    ix = ProgramIndex(schedule)
-    violations = structural_violations(schedule, ix)
-    if violations:
-        raise ScheduleError(violations)
-    return run_timeline(schedule, costs, ix)
+    with paused_gc():
+        ix = ProgramIndex(schedule)
+        violations = structural_violations(schedule, ix)
+        if violations:
+            raise ScheduleError(violations)
+        return run_timeline(schedule, costs, ix)
 
 
 def check_costs_shape(schedule: Schedule, costs: Costs) -> None:
@@ -127,7 +128,7 @@ def check_costs_shape(schedule: Schedule, costs: Costs) -> None:
 def run_timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex) -> Timeline:
     """The timing pass proper; ``schedule`` must already be structurally valid."""
     p = schedule.p
-    deps = {a: dependencies(a, ix) for _, _, a in schedule.actions()}
+    deps = {a: ix.deps(a) for _, _, a in schedule.actions()}
     end: dict[Action, float] = {}
     spans: list[list[Span]] = [[] for _ in range(p)]
     head = [0] * p

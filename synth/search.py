@@ -33,8 +33,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from ir import Placement, ScheduleError, simulate
+from ir import Op, Placement, Schedule, ScheduleError, simulate
+from ir.verify import MEMORY_RTOL
 from synth.block.cpsat import BlockError, BlockOptions, block_from_answer
 from synth.block.groups import solve_groups
 from synth.block.period import Answer, sequential_block
@@ -55,7 +57,7 @@ from synth.horizon.refine import (
     lower_bound,
     raise_bound,
 )
-from synth.problem import Budget, CostsFor, SynthProblem, Variants
+from synth.problem import SMALL_STEP, Budget, CostsFor, SynthProblem, Variants
 
 __all__ = ["PLACEMENTS", "Candidate", "NoScheduleFits", "SynthOptions", "Synthesis", "cap_argument", "least_memory",
            "library", "make_placement", "show_bytes", "synthesize"]
@@ -87,6 +89,10 @@ MIN_LIBRARY = 2.0
 # Seconds kept for what follows the blocks when no full horizon runs (the chosen schedule's
 # re-simulation, the bound).
 FINISH = 0.3
+# A problem whose one list schedule and its re-simulation are predicted to take more than
+# TOO_LONG * --time-limit + TOO_LONG_SLACK seconds is refused before any work (the search would
+# otherwise have to run that one schedule, however long it takes, to answer at all).
+TOO_LONG, TOO_LONG_SLACK = 2.0, 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,9 @@ class SynthOptions:
         construct: run the list schedulers (``synth.construct``).
         groups: microbatches per block period tried by the block method.
         progress: ``progress(seconds, makespan_ms or None, bound_ms)`` during the full-horizon solve.
+        phase: ``phase(what)`` as each step of the search starts (for a progress line), on problems
+            large enough that its steps take a noticeable time (simulating one schedule ``SMALL_STEP``
+            seconds or more).
         seeds: candidates from earlier searches of the same problem under other caps (``synth.research``:
             a tighter cap's answers fit every looser one). Each that this problem's options allow is
             judged under this cap on this problem's costs, joins the synthesized candidates with the
@@ -135,6 +144,7 @@ class SynthOptions:
     groups: tuple[int, ...] = (1, 2, 3, 4)
     progress: Callable | None = None
     seeds: tuple[Candidate, ...] = ()
+    phase: Callable[[str], None] | None = None
 
     @property
     def variants(self) -> Variants:
@@ -163,6 +173,8 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
 
     Raises:
         NoScheduleFits: nothing fits the cap; the message names the smallest cap that works.
+        ValueError: the problem is so large that even one schedule would take far longer than
+            the time limit (``TOO_LONG``); the message names the time limit that would do.
     """
     options = options or SynthOptions()
     problem = SynthProblem(costs_for, p, m, k, mem_cap, options.variants, Budget(options.time_limit))
@@ -170,31 +182,61 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
     kinds = _buildable(problem, options, skipped)
     refine = options.optimize != "block" and bool(kinds)
     synthesized, sequential = [], []
+    smallest = min((problem.actions(pl) for pl in kinds.values()), default=0)
+    least = problem.pace.predict("list", smallest) + problem.pace.predict("evaluate", smallest)
+    if least > TOO_LONG * options.time_limit + TOO_LONG_SLACK:  # even one schedule would overrun far
+        raise ValueError(f"{m} microbatches on {p} ranks ({smallest:,} actions) need about {least:,.0f} s for even "
+                         f"one schedule, far past the time limit of {options.time_limit:g} s; use --time-limit "
+                         f"{math.ceil(least)} or more, or fewer microbatches (-m)")
+    if options.phase is not None and problem.pace.predict("evaluate", smallest) >= SMALL_STEP:
+        problem.phase = options.phase  # a large problem: its steps take seconds each
+    phase = problem.phase
+
+    def finish_by(placement: Placement | None = None) -> float:
+        """When a step must end to leave time for re-simulating the chosen schedule (`_confirm`)
+        and the bound, at this run's own pace (`Pace`): the chosen one may be the largest fitting
+        synthesized schedule so far or what this step makes on ``placement``."""
+        sizes = [sum(len(prog) for prog in c.schedule.ranks) for c in synthesized if c.fits]
+        sizes.append(problem.actions(placement) if placement is not None else 0)
+        return problem.budget.deadline - problem.pace.predict("evaluate", max(sizes)) - FINISH
+
     if options.construct:
-        construct_end = problem.budget.until(CONSTRUCT_SHARE)
         for index, (kind, placement) in enumerate(kinds.items()):
+            construct_end = min(problem.budget.until(CONSTRUCT_SHARE), finish_by(placement))
             share = max(0.0, construct_end - time.perf_counter()) / (len(kinds) - index)
-            synthesized += _construct(problem, kind, placement, time.perf_counter() + share)
+            synthesized += _construct(problem, kind, placement, time.perf_counter() + share, skipped,
+                                      must=not any(c.fits for c in synthesized), last=construct_end)
     synthesized += _seeded(problem, options.seeds)
     library_end = max(problem.budget.until(LIBRARY_SHARE), time.perf_counter() + MIN_LIBRARY)
-    baselines = _baselines(problem, skipped, library_end) if options.baselines else []
-    block_end = problem.budget.until(BLOCK_SHARE if refine else 1.0) - FINISH
+    if any(c.fits for c in synthesized):  # a schedule is in hand: keep the time the finish needs
+        library_end = min(library_end, max(finish_by(), time.perf_counter() + MIN_LIBRARY))
+    over: list[tuple[float, str]] = []  # library schedules found over the cap without simulating them
+    baselines = _baselines(problem, skipped, library_end, over) if options.baselines else []
     post = [0.0]  # the longest tile + squeeze so far: each later solve leaves room for its own
     for index, (kind, placement) in enumerate(kinds.items()):
+        block_end = min(problem.budget.until(BLOCK_SHARE if refine else 1.0) - FINISH, finish_by(placement))
         rungs = len(_ladder(problem.variants))
         share = (block_end - time.perf_counter()) / (len(kinds) - index) - rungs * post[0]
-        found = _blocks(problem, options, kind, placement, share, post,
-                        [c for c in synthesized if c.schedule.placement == placement])
+        on_it = [c for c in synthesized if c.schedule.placement == placement]
+        found = _blocks(problem, options, kind, placement, share, post, on_it,
+                        any(c.fits for c in (*synthesized, *baselines)), skipped)
         synthesized += found
         if not any(c.fits for c in synthesized if c.schedule.placement == placement):
-            sequential.append(_sequential(problem, options, kind, placement))  # the last resort
+            anything = any(c.fits for c in (*synthesized, *baselines))
+            end = finish_by(placement)
+            if anything and not problem.fits_in_time("squeeze", problem.actions(placement), end):
+                skipped.append((f"synth/{kind}", _no_time("its sequential fallback", problem, "squeeze",
+                                                          problem.actions(placement))))
+                continue
+            sequential.append(_sequential(problem, options, kind, placement, end))  # the last resort
             synthesized.append(sequential[-1])
     fitting = [c for c in (*synthesized, *baselines) if c.fits]
     if not fitting:
-        raise _no_fit(mem_cap, baselines, sequential)
-    chosen = _confirm(fitting)
+        raise _no_fit(mem_cap, baselines, sequential, over)
+    phase("re-simulating the chosen schedule")
+    chosen = _confirm(fitting, problem)
     if chosen is None:
-        raise _no_fit(mem_cap, baselines, sequential)
+        raise _no_fit(mem_cap, baselines, sequential, over)
     refined, not_refined, solved = None, "", None
     base = _refine_base(chosen, synthesized, kinds)
     if options.optimize != "block" and base is not None:
@@ -205,7 +247,8 @@ def synthesize(costs_for: CostsFor, p: int, m: int, mem_cap: float | None, *, k:
     placement_kind = {pl.stage_to_rank: kd for kd, pl in kinds.items()}
     bound = lower_bound(chosen.costs, chosen.schedule.placement,
                         placement_kind.get(chosen.schedule.placement.stage_to_rank, chosen.placement), m, mem_cap,
-                        chosen.schedule.k, problem.variants.recompute, problem.variants.offload)
+                        chosen.schedule.k, problem.variants.recompute, problem.variants.offload,
+                        deadline=max(problem.budget.deadline, time.perf_counter() + SMALL_STEP))
     if solved is not None and chosen.schedule.placement.stage_to_rank in placement_kind:
         bound = raise_bound(bound, *solved, chosen.schedule)
     return Synthesis(chosen, tuple(synthesized), tuple(baselines), tuple(skipped), mem_cap,
@@ -269,22 +312,42 @@ def _ladder(variants: Variants) -> list[Variants]:
     return [variants.keep_only, variants] if variants.extended else [variants]
 
 
-def _construct(problem: SynthProblem, kind: str, placement: Placement, deadline: float) -> list[Candidate]:
+def _no_time(what: str, problem: SynthProblem, step: str, actions: int) -> str:
+    return (f"{what} not run: about {problem.pace.predict(step, actions):.1f} s at this size, past the time limit "
+            f"(--time-limit {problem.budget.seconds:g})")
+
+
+def _construct(problem: SynthProblem, kind: str, placement: Placement, deadline: float, skipped: list,
+               must: bool = True, last: float | None = None) -> list[Candidate]:
     """The list schedulers' best schedule for each rung of the variant ladder (restricted first).
 
     Not squeezed: they are list schedules already (squeezing them gained nothing in any case
     measured, at five times their cost). Their timelines are the scheduler's own, built by the
     simulator's rules (``synth.construct.timeline_matches``); the chosen schedule is simulated
-    again by ``ir.simulate`` before it is reported (`_confirm`)."""
+    again by ``ir.simulate`` before it is reported (`_confirm`). A rung whose first variant would
+    end past ``last`` (default ``deadline``; the construct phase's end, where one variant takes
+    longer than the placement's share) is skipped (noted in ``skipped``) unless ``must`` (nothing
+    fits yet)."""
     from synth.construct import construct
 
     costs, out = problem.costs(placement), []
     ladder = _ladder(problem.variants)
+    actions = problem.actions(placement)
     for index, variants in enumerate(ladder):
         began = time.perf_counter()
         rung_end = deadline if index == len(ladder) - 1 else began + max(0.0, deadline - began) / 2
+        if not (must and not out) and not problem.fits_in_time("list", actions, max(rung_end, last or rung_end)):
+            what = "the list schedulers" + (" with recompute/offload" if variants.extended else "")
+            skipped.append((f"synth/{kind}", _no_time(what, problem, "list", actions)))
+            break
+        problem.phase(f"list schedulers on the {kind} placement"
+                      + (" with recompute/offload" if variants.extended and index else ""))
+        timings: list[float] = []
         found = construct(costs, placement, problem.m, problem.mem_cap, split_backward=variants.split_backward,
-                          recompute=variants.recompute, offload=variants.offload, deadline=rung_end)
+                          recompute=variants.recompute, offload=variants.offload, deadline=rung_end,
+                          timings=timings)
+        if timings:
+            problem.pace.record("list", actions, max(timings))
         if found:
             out.append(evaluate(f"synth-list/{kind}", found[0].schedule, costs, problem.mem_cap, method="list",
                                 seconds=time.perf_counter() - began, timeline=found[0].timeline))
@@ -312,7 +375,7 @@ def _seeded(problem: SynthProblem, seeds) -> list[Candidate]:
     return out
 
 
-def _confirm(candidates: list[Candidate]) -> Candidate | None:
+def _confirm(candidates: list[Candidate], problem: SynthProblem | None = None) -> Candidate | None:
     """The best fitting candidate after ``ir.simulate`` (``ir.verify``'s structural rules first) has
     run it again: the methods hand over timelines of their own (the list schedulers' is built by
     the simulator's rules, the squeeze's by its timing pass alone), and nothing downstream trusts
@@ -323,7 +386,10 @@ def _confirm(candidates: list[Candidate]) -> Candidate | None:
         chosen = best(pool)
         if chosen.method == "library":
             return chosen  # simulated by ir.simulate already
+        began = time.perf_counter()
         again = simulate(chosen.schedule, chosen.costs)
+        if problem is not None:
+            problem.pace.record("evaluate", len(again.spans), time.perf_counter() - began)
         same = (max(again.peak) <= max(chosen.timeline.peak) * (1 + 1e-9)
                 and again.makespan <= chosen.makespan * (1 + 1e-9))
         if same:
@@ -333,15 +399,24 @@ def _confirm(candidates: list[Candidate]) -> Candidate | None:
 
 
 def _blocks(problem: SynthProblem, options: SynthOptions, kind: str, placement: Placement,
-            seconds: float, post: list[float], covered_by: list[Candidate]) -> list[Candidate]:
+            seconds: float, post: list[float], covered_by: list[Candidate], anything: bool = False,
+            skipped: list | None = None) -> list[Candidate]:
     """The placement's blocks (the variant ladder splitting ``seconds``), tiled and squeezed;
     ``post[0]`` keeps the longest tile + squeeze seen, so later solves leave room for theirs. A
     solve that would get less than ``MIN_SOLVE`` seconds is skipped when ``covered_by`` (the
-    placement's candidates so far) already holds a fitting schedule."""
+    placement's candidates so far) already holds a fitting schedule. When ``anything`` (some
+    schedule fits already), the blocks are skipped if even simulating their tiled schedule would
+    end past the time given, and the squeeze is cut to what the time allows."""
     costs, out = problem.costs(placement), []
     ladder = _ladder(problem.variants)
     deadline = time.perf_counter() + seconds
     covered = any(c.fits for c in covered_by)
+    actions = problem.actions(placement)
+    if anything and not problem.fits_in_time("evaluate", actions, deadline):
+        if skipped is not None:
+            skipped.append((f"synth/{kind}", _no_time("the building blocks", problem, "evaluate", actions)))
+        return out
+    problem.phase(f"building blocks on the {kind} placement")
     if len(ladder) > 1 and seconds * RESTRICTED_SHARE - post[0] < MIN_SOLVE:
         ladder = ladder[-1:]  # too little time for both rungs: the whole problem alone
     for index, variants in enumerate(ladder):
@@ -365,14 +440,17 @@ def _blocks(problem: SynthProblem, options: SynthOptions, kind: str, placement: 
             solved = time.perf_counter()
             schedule = tile(block, placement, problem.m, k=problem.k, solver=options.solver, proven=block.proven,
                             solve_seconds=round(block.solve_seconds, 3))
-            schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap)
+            with problem.pace.timed("squeeze", actions):
+                schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap,
+                                                   deadline if anything else None)
             post[0] = max(post[0], time.perf_counter() - solved)
             out.append(evaluate(f"synth/{kind}", schedule, costs, problem.mem_cap, method="block", block=block,
                                 seconds=time.perf_counter() - began, timeline=timeline))
     return out
 
 
-def _sequential(problem: SynthProblem, options: SynthOptions, kind: str, placement: Placement) -> Candidate:
+def _sequential(problem: SynthProblem, options: SynthOptions, kind: str, placement: Placement,
+                deadline: float | None = None) -> Candidate:
     """The placement's least-memory schedule: the sequential block (one microbatch at a time,
     freeing as soon as it can), tiled; what the smallest-cap error promises is its simulated peak."""
     began = time.perf_counter()
@@ -381,7 +459,8 @@ def _sequential(problem: SynthProblem, options: SynthOptions, kind: str, placeme
     offsets, variants = sequential_block(spec)
     block = block_from_answer(spec, Answer(spec.max_period, offsets, variants, False, ()), 0.0, "sequential")
     schedule = tile(block, placement, problem.m, k=problem.k, solver="sequential")
-    schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap)
+    with problem.pace.timed("squeeze", problem.actions(placement)):
+        schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap, deadline)
     return evaluate(f"synth/{kind}", schedule, costs, problem.mem_cap, method="block", block=block,
                     seconds=time.perf_counter() - began, timeline=timeline)
 
@@ -401,7 +480,12 @@ def _refine(problem: SynthProblem, options: SynthOptions, kind: str,
     not run, and ``(horizon, result)`` for the bound."""
     placement = make_placement(kind, problem.p, options.chunks)
     costs = problem.costs(placement)
-    seconds = max(0.1, problem.budget.left())
+    actions = problem.actions(placement)
+    setup = problem.pace.predict("refine", actions)  # hints, model, and the squeeze after the solve
+    if setup >= SMALL_STEP and setup > problem.budget.left():
+        return None, _no_time("the full horizon", problem, "refine", actions), None
+    seconds = max(0.1, problem.budget.left() - setup)
+    problem.phase(f"full horizon on the {kind} placement")
     block_options = _block_options(problem, options, seconds)
     began = time.perf_counter()
     hints = [c.schedule for c in sorted(candidates, key=rank_key)
@@ -414,17 +498,21 @@ def _refine(problem: SynthProblem, options: SynthOptions, kind: str,
         return None, f"full-horizon model not solved: {err}", None
     if schedule is None:
         return None, f"full-horizon model: no schedule found ({result.status})", (h, result)
-    schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap)
+    schedule, timeline = squeeze_timed(schedule, costs, problem.mem_cap, problem.budget.deadline)
+    problem.pace.record("refine", actions, time.perf_counter() - began - result.seconds)
     candidate = evaluate(f"synth-full/{kind}", schedule, costs, problem.mem_cap, method="full",
                          seconds=time.perf_counter() - began, timeline=timeline)
     return dataclasses.replace(candidate, horizon=result), "", (h, result)
 
 
-def _baselines(problem: SynthProblem, skipped: list, deadline: float = math.inf) -> list[Candidate]:
+def _baselines(problem: SynthProblem, skipped: list, deadline: float = math.inf,
+               over: list | None = None) -> list[Candidate]:
     """Every library schedule for the same slicing (the sequence-slice families with ``k`` slices
     when k > 1, the others when k = 1) that uses only what the options allow; those not started
     by ``deadline`` (verifying and simulating each grows with m: seconds each at m = 5000) go to
-    ``skipped`` as not evaluated."""
+    ``skipped`` as not evaluated. Where simulating one would take long (``SMALL_STEP``), one over
+    the cap by its program-order peak (`program_order_peak`) is not simulated: it goes to
+    ``skipped``, and ``(peak, name)`` to ``over``."""
     from synth.baselines import BASELINES
 
     out, p, m, k = [], problem.p, problem.m, problem.k
@@ -436,6 +524,11 @@ def _baselines(problem: SynthProblem, skipped: list, deadline: float = math.inf)
         if sliced != (k > 1):
             skipped.append((name, "slices sequences" if sliced else "works on whole microbatches (k = 1)"))
             continue
+        least = 2 * p * m * k  # every family runs a forward and a backward of each unit at least
+        if not problem.fits_in_time("evaluate", least, deadline):  # before building it (seconds at m = 5000)
+            skipped.append((name, f"not evaluated: at least {problem.pace.predict('evaluate', least):.1f} s at this "
+                                  f"size, past the search's time limit (--time-limit)"))
+            continue
         extra = {"k": k} if sliced else {}
         try:
             shape = baseline(p, m, **extra)
@@ -443,16 +536,64 @@ def _baselines(problem: SynthProblem, skipped: list, deadline: float = math.inf)
             if why is not None:
                 skipped.append((name, why))
                 continue
+            actions = sum(len(prog) for prog in shape.ranks)
+            if not problem.fits_in_time("evaluate", actions, deadline):
+                skipped.append((name, f"not evaluated: about {problem.pace.predict('evaluate', actions):.1f} s "
+                                      f"at this size, past the search's time limit (--time-limit)"))
+                continue
             costs = problem.costs(shape.placement, shape.k)
+            problem.phase(f"the library's {name}")
             schedule = baseline(p, m, costs=costs, **extra)
-            out.append(evaluate(name, schedule, costs, problem.mem_cap))
+            if problem.mem_cap is not None and problem.pace.predict("evaluate", actions) >= SMALL_STEP:
+                peak = program_order_peak(schedule, costs)
+                if peak is not None and peak > problem.mem_cap * (1 + MEMORY_RTOL):
+                    skipped.append((name, f"needs {show_bytes(peak)} per GPU, over the cap (not simulated)"))
+                    if over is not None:
+                        over.append((peak, name))
+                    continue
+            with problem.pace.timed("evaluate", actions):
+                out.append(evaluate(name, schedule, costs, problem.mem_cap))
         except (ValueError, ScheduleError) as err:
             skipped.append((name, str(err).splitlines()[0]))
     return out
 
 
-def _no_fit(mem_cap: float, baselines: list[Candidate], sequential: list[Candidate]) -> NoScheduleFits:
-    options = [(c.peak, c.name) for c in baselines] + [(c.peak, c.name) for c in sequential]
+def program_order_peak(schedule: Schedule, costs) -> float | None:
+    """The highest memory level of any rank, from program order alone: exact for a schedule with
+    no recompute, offload or reload whose actions all take time (one compute stream runs them in
+    order, each allocating at its start and freeing at its end, as ``ir.simulate`` counts), in
+    one pass with no timing; None for any other schedule. Linear in the actions."""
+    units: dict[tuple[int, int], Any] = {}
+    top = -math.inf
+    for r, prog in enumerate(schedule.ranks):
+        level = costs.static_of(r)
+        top = max(top, level)
+        for a in prog:
+            op = a.op
+            if op not in _ORDERED or costs.duration(a) <= 0:
+                return None
+            key = (a.stage, a.slice)
+            u = units.get(key)
+            if u is None:
+                u = units[key] = costs.unit(*key)
+            if op is Op.F:
+                level += u.act
+                top = max(top, level)
+            elif op is Op.B:
+                level -= u.act - u.wact
+            elif op is Op.BW:
+                level -= u.act
+            else:
+                level -= u.wact
+    return top
+
+
+_ORDERED = frozenset((Op.F, Op.B, Op.BW, Op.W))
+
+
+def _no_fit(mem_cap: float, baselines: list[Candidate], sequential: list[Candidate],
+            over: list | None = None) -> NoScheduleFits:
+    options = [(c.peak, c.name) for c in baselines] + [(c.peak, c.name) for c in sequential] + list(over or ())
     if not options:
         return NoScheduleFits(f"no schedule fits a cap of {show_bytes(mem_cap)} and none could be built", math.inf)
     smallest, how = min(options)

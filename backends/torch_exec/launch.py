@@ -19,10 +19,12 @@ gives the rank and `init_from_env` joins torchrun's rendezvous instead.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import multiprocessing as mp
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -88,6 +90,20 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _interrupts_ignored():
+    """SIGINT ignored while workers start, so they begin with it ignored (a terminal's Ctrl-C
+    reaches the whole process group: the parent alone reports it and ends the ranks, which would
+    otherwise each print a KeyboardInterrupt traceback). Only the main thread can set handlers."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _worker(rank: int, world_size: int, port: int, device_kind: str, timeout: float, threads: int,
             tasks: Any, results: Any, parent: int) -> None:
     _watch_parent(parent)
@@ -148,8 +164,9 @@ class WorkerGroup:
                         daemon=True)
             for r in range(nproc)
         ]
-        for proc in self._procs:
-            proc.start()
+        with _interrupts_ignored():  # inherited: Ctrl-C is the parent's to handle (it ends the group)
+            for proc in self._procs:
+                proc.start()
         self.broken = False
 
     def run(self, fn: Callable[..., Any], *args: Any, deadline: float = 3600.0) -> list[Any]:

@@ -20,8 +20,10 @@ then the tiled order. The squeezed schedule is kept only if its simulated makesp
 
 from __future__ import annotations
 
+import time
+
 from ir import Action, Costs, Op, Placement, Schedule, Timeline, simulate
-from ir.deps import ProgramIndex, dependencies, memory_effects, ready_time
+from ir.deps import ProgramIndex, memory_effects, ready_time
 from ir.simulate import run_timeline
 from ir.verify import MEMORY_RTOL
 from synth.block.cpsat import Block
@@ -60,8 +62,12 @@ def squeeze(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> S
     return squeeze_timed(schedule, costs, mem_cap)[0]
 
 
-def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None) -> tuple[Schedule, Timeline]:
-    """`squeeze`, with the simulation of the schedule it returns (so callers need not run it again)."""
+def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None,
+                  deadline: float | None = None) -> tuple[Schedule, Timeline]:
+    """`squeeze`, with the simulation of the schedule it returns (so callers need not run it again).
+    With ``deadline`` (a ``time.perf_counter()`` value), a rule starts only if it would end by then
+    at the pace of the slowest one so far (the schedule's own simulation always runs)."""
+    began = time.perf_counter()
     timeline = simulate(schedule, costs)
     if mem_cap is None and any(a.op.stream.value != "compute" for _, _, a in schedule.actions()):
         return schedule, timeline  # with copies, memory depends on timing: only a cap can say what is safe
@@ -70,11 +76,16 @@ def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None
     if mem_cap is not None:  # forwards may run ahead into part or all of the headroom
         rules = [(tuple(mem_cap for _ in peak), False)] + [
             (tuple(x + share * (mem_cap - x) for x in peak), True) for share in (0.5, 1.0)]
+    slowest = time.perf_counter() - began  # a rule costs about a simulation, or more
     prepared = _prepare(schedule, costs)  # shared by every rule: the program's dependencies and memory
     for limit, ahead in rules:
+        started = time.perf_counter()
+        if deadline is not None and started + slowest > deadline:
+            break
         try:
             ranks = _list_schedule(schedule, costs, limit, ahead, prepared)
         except RuntimeError:
+            slowest = max(slowest, time.perf_counter() - started)
             continue
         candidate = Schedule(schedule.placement, schedule.m, ranks, k=schedule.k,
                              meta={**schedule.meta, "squeezed": True})
@@ -85,6 +96,7 @@ def squeeze_timed(schedule: Schedule, costs: Costs, mem_cap: float | None = None
                      for a, b in zip(timeline.peak, peak, strict=True))
         if within and timeline.makespan < best[1].makespan - 1e-9:
             best = (candidate, timeline)
+        slowest = max(slowest, time.perf_counter() - started)
     return best
 
 
@@ -93,7 +105,7 @@ def _prepare(schedule: Schedule, costs: Costs) -> tuple[dict, dict, dict, dict, 
     delta and its duration; and per action, the ranks with an action that depends on it."""
     ix = ProgramIndex(schedule)
     actions = [a for _, _, a in schedule.actions()]
-    deps = {a: dependencies(a, ix) for a in actions}
+    deps = {a: ix.deps(a) for a in actions}
     effects = {a: memory_effects(a, ix, costs) for a in actions}
     grows = {a: sum(d for _, d in effects[a] if d > 0) for a in actions}
     delta = {a: sum(d for _, d in effects[a]) for a in actions}

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from ir.files import check_outputs
-from synth.cli.report import Outcome, ProgressLine, TrialLine, compare_lines, knob_lines, synth_lines
+from synth.cli.report import Outcome, PhaseLine, ProgressLine, TrialLine, compare_lines, knob_lines, synth_lines
 from synth.cli.source import FileSource, ModelSource, parse_mem_cap, resolve_cap, source_from_args
 from synth.costs.args import (
     AUTO,
@@ -117,12 +117,13 @@ def problem_source(args: argparse.Namespace) -> tuple[int, int, ModelSource | Fi
     return p, m, source, offload
 
 
-def synth_options(args: argparse.Namespace, offload: bool, progress=None) -> SynthOptions:
+def synth_options(args: argparse.Namespace, offload: bool, progress=None, phase=None) -> SynthOptions:
     """The search's options from ``add_synth_arguments``'s (``--chunks auto`` as 2: the knob search sets it)."""
     return SynthOptions(placements=placements_from_args(args), chunks=args.chunks if args.chunks != AUTO else 2,
                         split_backward=args.split_backward, recompute=args.recompute, offload=offload,
                         solver=args.solver, time_limit=args.time_limit, baselines=args.library,
-                        memory=args.memory_model, optimize=getattr(args, "optimize", "block"), progress=progress)
+                        memory=args.memory_model, optimize=getattr(args, "optimize", "block"), progress=progress,
+                        phase=phase)
 
 
 def _run(args: argparse.Namespace) -> Outcome:
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace) -> Outcome:
     cap = resolve_cap(args.mem_cap, source, p, m)
     try:
         result = synthesize(source.costs_for, p, m, cap, k=args.slices,
-                            options=synth_options(args, offload, ProgressLine()))
+                            options=synth_options(args, offload, ProgressLine(), PhaseLine()))
     except NoScheduleFits as err:
         raise ValueError(str(err)) from None
     return Outcome(result, source, cap, p, m, args.slices, library=args.library)

@@ -138,6 +138,10 @@ def _notes(outcome: Outcome) -> list[str]:
     else:
         gain = baseline.makespan / chosen.makespan - 1
         lines.append(f"vs best fitting baseline ({baseline.name}): {100 * gain:+.1f}% throughput")
+    late = [name for name, why in result.skipped if why.startswith("not evaluated")]
+    if outcome.library and late:
+        lines.append(f"{len(late)} library schedule(s) not evaluated within the time limit ({', '.join(late)}): "
+                     "a larger --time-limit evaluates more")
     lines.append(_bound_line(result))
     if result.refined is not None:
         lines.append(_refined_line(result.refined))
@@ -213,6 +217,23 @@ class ProgressLine:
         found = "none yet" if makespan is None else f"{makespan:,.1f} ms"
         print(f"  full horizon {seconds:6.1f} s: makespan {found}, bound {bound:,.1f} ms{gap}",
               file=self.stream or sys.stderr, flush=True)
+
+
+class PhaseLine:
+    """Prints each step of the search to stderr as it starts, with the seconds since the first
+    (``SynthOptions.phase``: told only on problems whose steps take a noticeable time)."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+        self.began: float | None = None
+
+    def __call__(self, what: str) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self.began is None:
+            self.began = now
+        print(f"  [{now - self.began:5.1f} s] {what}", file=self.stream or sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------ knob search

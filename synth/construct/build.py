@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ir import Action, Costs, Placement, Schedule, Span, Stream, Timeline, simulate
+from ir.deps import paused_gc
 from ir.simulate import one_point_per_instant
 from ir.verify import MEMORY_RTOL
 from synth.construct.engine import Run, run
@@ -41,7 +42,7 @@ class Construction:
 
 def construct(costs: Costs, placement: Placement, m: int, mem_cap: float | None, *,
               split_backward: bool = True, recompute: bool = False, offload: bool = False,
-              deadline: float | None = None) -> list[Construction]:
+              deadline: float | None = None, timings: list[float] | None = None) -> list[Construction]:
     """Every distinct schedule the variants make that fits ``mem_cap`` on every rank, sorted by
     makespan (ties: lower max peak), except those of runs abandoned once sure not to beat the fastest
     so far. Possibly empty when the cap is too tight. Variants stop early once one meets `lower_bound`.
@@ -52,9 +53,17 @@ def construct(costs: Costs, placement: Placement, m: int, mem_cap: float | None,
         mem_cap: bytes per rank, static included; None for no cap.
         split_backward: B and W (True) or a fused BW.
         recompute, offload: also try variants that recompute (any k) or offload (k = 1) units.
-        deadline: a ``time.perf_counter()`` value after which no further variant starts
-            (the first always runs).
+        deadline: a ``time.perf_counter()`` value by which the variants should end: a variant
+            starts only if it would, at the pace of the slowest one so far (the first always runs).
+        timings: if given, each variant's seconds (its run and its timeline) are appended to it.
     """
+    with paused_gc():
+        return _variants(costs, placement, m, mem_cap, split_backward, recompute, offload, deadline, timings)
+
+
+def _variants(costs: Costs, placement: Placement, m: int, mem_cap: float | None, split_backward: bool,
+              recompute: bool, offload: bool, deadline: float | None,
+              timings: list[float] | None) -> list[Construction]:
     tb = tables(costs, placement, m, mem_cap, split_backward)
     limit = None if mem_cap is None else mem_cap * (1 + MEMORY_RTOL)
     bound = lower_bound(tb)
@@ -62,23 +71,35 @@ def construct(costs: Costs, placement: Placement, m: int, mem_cap: float | None,
     found: dict[tuple, Construction] = {}
     seen: set[tuple] = set()  # every program made, fitting or not
     beat = math.inf  # the fastest fitting makespan so far: a run sure not to beat it is abandoned
+    slowest = 0.0
     for n, policy in enumerate(policies(tb, recompute=recompute, offload=offload)):
-        if n and deadline is not None and time.perf_counter() > deadline:
+        began = time.perf_counter()
+        if n and deadline is not None and began + slowest > deadline:
             break
         result = run(tb, policy, beat)
         if result is None:
+            slowest = _took(began, slowest, timings)
             continue  # deadlocked (not an error, the next variant may do), or no faster than one found
         key = tuple((code, u) for prog in result.programs for code, u, _, _ in prog)
         if key in seen:
+            slowest = _took(began, slowest, timings)
             continue
         seen.add(key)
         made = _construction(tb, costs, placement, policy, result, actions)
+        slowest = _took(began, slowest, timings)
         if limit is None or max(made.timeline.peak) <= limit:
             found[key] = made
             beat = min(beat, made.timeline.makespan)
             if made.timeline.makespan <= bound * (1 + 1e-12):
                 break  # optimal: no later variant can be faster
     return sorted(found.values(), key=lambda c: (c.timeline.makespan, max(c.timeline.peak)))
+
+
+def _took(began: float, slowest: float, timings: list[float] | None) -> float:
+    seconds = time.perf_counter() - began
+    if timings is not None:
+        timings.append(seconds)
+    return max(slowest, seconds)
 
 
 def lower_bound(tb: Tables) -> float:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,8 +58,10 @@ class Bound:
     parts: dict[str, float]
 
 
-def analytic_bound(spec: BlockSpec, m: int) -> Bound:
-    """The largest of the work, pass and memory bounds for ``m`` microbatches of ``spec``."""
+def analytic_bound(spec: BlockSpec, m: int, deadline: float | None = None) -> Bound:
+    """The largest of the work, pass and memory bounds for ``m`` microbatches of ``spec``. The
+    memory bound's sum stops at ``deadline`` (a ``time.perf_counter()`` value; its cost grows with
+    the square of stages x slices): what it has summed by then is still a bound, a weaker one."""
     mandatory = [x for x in spec.dur if x not in spec.optional]
     keep = set(mandatory)
     head, tail = _paths(spec, keep)
@@ -71,7 +74,7 @@ def analytic_bound(spec: BlockSpec, m: int) -> Bound:
     for x in mandatory:
         parts["pass"] = max(parts["pass"], head[x] + m * spec.dur[x] + tail[x])
     if spec.budget is not None:
-        parts["memory"] = _memory_bound(spec, m)
+        parts["memory"] = _memory_bound(spec, m, deadline)
     kind = max(parts, key=lambda k: parts[k])
     return Bound(parts[kind], kind, parts)
 
@@ -155,20 +158,29 @@ def _topological(passes: set[Pass], preds: dict[Pass, list]) -> list[Pass]:
     return order
 
 
-def _memory_bound(spec: BlockSpec, m: int) -> float:
+def _memory_bound(spec: BlockSpec, m: int, deadline: float | None = None) -> float:
+    """Each rank's least activation area (bytes x time its units must hold) over its room under
+    the cap. Every unit's area is at least zero, so a sum cut short at ``deadline`` is still a
+    lower bound."""
     area = [0.0] * spec.p
     graphs: dict[str, tuple] = {}  # variant -> its passes' precedences in topological order
+    spans_of: dict[tuple, list] = {}  # (stage, slice, variant) -> the lifespans that begin there
+    for span in spec.lifespans:
+        spans_of.setdefault((span.stage, span.begin.slice, span.variant), []).append(span)
     for s in range(spec.num_stages):
         for j in range(1 + max(x.slice for x in spec.dur)):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             cheapest = math.inf
             for variant in ("keep", *spec.choices.get(s, ())):
                 if variant not in graphs:
                     graphs[variant] = _graph(spec, variant)
-                spans = [span for span in spec.lifespans if span.stage == s and span.begin.slice == j
-                         and span.variant == variant]
+                spans = spans_of.get((s, j, variant), [])
                 cost = 0.0
-                for span in spans:
-                    cost += span.units * _distance(spec, graphs[variant], span.begin, span.end)
+                for begin in {span.begin for span in spans}:  # one longest-path pass per beginning
+                    mine = [span for span in spans if span.begin == begin]
+                    dist = _distances(spec, graphs[variant], begin, {span.end for span in mine})
+                    cost += sum(span.units * dist[span.end] for span in mine)
                 cheapest = min(cheapest, cost)
             if cheapest < math.inf:
                 area[spec.rank[Pass(s, j, spec.first.op)]] += m * cheapest
@@ -181,26 +193,31 @@ def _memory_bound(spec: BlockSpec, m: int) -> float:
     return bound
 
 
-def _graph(spec: BlockSpec, variant: str) -> tuple[list[Pass], dict[Pass, list[tuple[Pass, float]]]]:
+def _graph(spec: BlockSpec, variant: str) -> tuple[list[Pass], dict[Pass, list[tuple[Pass, float]]], dict]:
     """The passes of ``variant`` (the mandatory ones and that variant's optional ones) in
-    topological order, with their precedences."""
+    topological order, with their precedences and their positions in that order."""
     passes = {x for x in spec.dur if x not in spec.optional or spec.optional[x] == variant}
     preds: dict[Pass, list[tuple[Pass, float]]] = {x: [] for x in passes}
     for later, earlier, gap in spec.edges:
         if later in passes and earlier in passes:
             preds[later].append((earlier, gap))
-    return _topological(passes, preds), preds
+    order = _topological(passes, preds)
+    return order, preds, {x: i for i, x in enumerate(order)}
 
 
-def _distance(spec: BlockSpec, graph: tuple, begin: Pass, end: Pass) -> float:
-    """The shortest time from ``begin``'s start to ``end``'s end: the longest precedence path
-    between them (just ``end``'s duration if none leads there)."""
-    order, preds = graph
+def _distances(spec: BlockSpec, graph: tuple, begin: Pass, ends: set[Pass]) -> dict[Pass, float]:
+    """For each of ``ends``, the shortest time from ``begin``'s start to its end: the longest
+    precedence path between them (just its duration if none leads there). One pass over the
+    topological order from ``begin`` to the last of ``ends``."""
+    order, preds, position = graph
     dist: dict[Pass, float] = {begin: 0}
-    for x in order[order.index(begin):]:
-        reach = [dist[e] + spec.dur[e] + g for e, g in preds[x] if e in dist]
-        if reach and x != begin:
-            dist[x] = max(reach)
-        if x == end:
+    left = set(ends)
+    for x in order[position[begin]:]:
+        if x != begin:
+            reach = [dist[e] + spec.dur[e] + g for e, g in preds[x] if e in dist]
+            if reach:
+                dist[x] = max(reach)
+        left.discard(x)
+        if not left:
             break
-    return dist.get(end, 0) + spec.dur[end]
+    return {end: dist.get(end, 0) + spec.dur[end] for end in ends}

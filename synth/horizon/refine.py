@@ -133,13 +133,14 @@ def full_horizon(costs: Costs, placement: Placement, m: int, options: BlockOptio
 
 
 def lower_bound(costs: Costs, placement: Placement, kind: str, m: int, mem_cap: float | None,
-                k: int = 1, recompute: bool = True, offload: bool = True) -> Bound:
+                k: int = 1, recompute: bool = True, offload: bool = True, deadline: float | None = None) -> Bound:
     """A bound for every schedule on ``placement`` that does only what is allowed, backward split or
     fused, whichever bounds lower (so it holds for the library's schedules too).
 
     With recompute or offload allowed (k = 1) it is the analytic bound. With neither, it is
     ``synth.horizon.bounds.horizon_bound`` on the unrounded costs (the order and rank bounds see the
-    cap's slots) where the model has at most `HORIZON_BOUND_JOBS` jobs, else the analytic one."""
+    cap's slots) where the model has at most `HORIZON_BOUND_JOBS` jobs, else the analytic one
+    (its memory part cut short at ``deadline``, still a bound)."""
     values = []
     variants = recompute or offload
     for split in (True, False):
@@ -149,7 +150,7 @@ def lower_bound(costs: Costs, placement: Placement, kind: str, m: int, mem_cap: 
         if not variants and horizon_jobs(placement, m, k, options) <= HORIZON_BOUND_JOBS:
             values.append(horizon_bound(expand(spec, m)))
         else:
-            values.append(analytic_bound(spec, m))
+            values.append(analytic_bound(spec, m, deadline))
     best = min(values, key=lambda b: b.value)
     return Bound(best.value, f"analytic ({best.kind})", kind, best.value)
 

@@ -77,7 +77,9 @@ def test_longer_horizons_improve_strictly(m):
     incumbent = sequential(h, placement)
     result = solve_lns(h, incumbent, time_limit=3, window_jobs=40)
     check(h, placement, result, incumbent, cap=2.0)
-    assert result.makespan <= 5 * m + 1 < incumbent.makespan(h)  # 5m + 1: the list scheduler's answer here
+    # strictly better than the incumbent; how close a 3 s search gets (the list scheduler's 5m + 1
+    # here) depends on the machine's speed, which is a benchmark's business, not a test's
+    assert result.makespan < incumbent.makespan(h)
 
 
 def test_no_cap():
