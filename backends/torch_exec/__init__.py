@@ -32,6 +32,7 @@ __all__ = [
     "profile_costs",
     "reference_step",
     "run_rank",
+    "sequential_spec",
     "spawn",
     "tiny_gpt",
 ]
@@ -41,6 +42,7 @@ _HOME = {
     "prepare_schedule": "executor",
     "ModelSpec": "model",
     "model_spec": "model",
+    "sequential_spec": "model",
     "tiny_gpt": "model",
     "RunConfig": "worker",
     "run_rank": "worker",

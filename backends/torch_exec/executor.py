@@ -25,7 +25,7 @@ from backends.torch_exec.comms import Mailbox
 from backends.torch_exec.memory import MemoryTracker
 from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import KVChain, StageRunner, Unit, unit_seed
-from backends.torch_exec.stages import StageCountError, check_stage_count
+from backends.torch_exec.stages import StageCountError, check_stage_count, partition
 from ir import Action, Op, Schedule, ScheduleError, lower
 
 __all__ = ["ExecutorError", "RankExecutor", "SpanRecord", "StepRecord", "prepare_schedule", "slice_lengths",
@@ -42,8 +42,9 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
     """``schedule`` verified and lowered, or `ExecutorError` saying why it cannot run.
 
     Checks, in order: ``ir.verify`` (completeness, order, deadlock), the number of ranks, the
-    stage count against the model's layers, sequence slices against the model (``lengths``: the
-    tokens of each slice, None for equal ones), the batch against ``m``.
+    stage count against the model's layers, parameters tied across ranks (`check_tied`), sequence
+    slices against the model (``lengths``: the tokens of each slice, None for equal ones), the
+    batch against ``m``.
     """
     try:
         lowered = lower(schedule)  # runs verify's structural rules (deadlock included) and raises on them
@@ -56,6 +57,7 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
         check_stage_count(spec, schedule.num_stages, stage_layers)
     except StageCountError as exc:
         raise ExecutorError(f"refusing to run: {exc}") from None
+    check_tied(spec, schedule, stage_layers)
     if schedule.k > 1:
         if spec.seq_dim is None or spec.seq_len is None:
             raise ExecutorError(f"the schedule cuts microbatches into k={schedule.k} sequence slices, but model "
@@ -69,6 +71,28 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
         raise ExecutorError(f"batch size {batch_size} is not a multiple of the schedule's m={schedule.m} "
                             "microbatches; use a batch size that m divides")
     return lowered
+
+
+def check_tied(spec: ModelSpec, schedule: Schedule, stage_layers: Sequence[int] | None = None) -> None:
+    """Refuse a model whose tied parameter (one tensor in two layers, as GPT-2's embedding and head
+    by default) lands on two ranks: each rank would update its own copy with only its own part of
+    the gradient (off by 5e-2 on GPT-2, silently). Tied layers on one rank share the tensor there,
+    so their gradients sum as in one process. The model is built on the meta device (no memory)."""
+    with torch.device("meta"):
+        layers = spec.build_layers()
+    ranges = partition(len(layers), schedule.num_stages, pre=spec.pre, post=spec.post, stage_layers=stage_layers)
+    ranks = schedule.placement.stage_to_rank
+    first: dict[int, tuple[str, int]] = {}  # id of the tensor -> (its first name, stage)
+    for s in range(schedule.num_stages):
+        for n in ranges[s]:
+            for name, param in layers[n].named_parameters(prefix=str(n), remove_duplicate=False):
+                seen = first.setdefault(id(param), (name, s))
+                if ranks[seen[1]] != ranks[s]:
+                    raise ExecutorError(
+                        f"refusing to run: parameter {name!r} (stage {s}, rank {ranks[s]}) is the same tensor as "
+                        f"{seen[0]!r} (stage {seen[1]}, rank {ranks[seen[1]]}): tied weights on two ranks would each "
+                        "get only part of their gradient; put the stages that share it on one rank (a V placement "
+                        "puts the first and the last stage together) or untie it")
 
 
 def check_lengths(lengths: Sequence[int], k: int, seq_len: int) -> None:

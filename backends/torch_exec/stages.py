@@ -160,12 +160,14 @@ def stage_modules(
 
 
 def fingerprint(layers: Sequence[nn.Module]) -> str:
-    """A digest of every weight of the model: equal on every rank when ``build_layers`` is seeded."""
+    """A digest of every weight of the model: equal on every rank when ``build_layers`` is seeded.
+    Tensors are flattened first: a 0-dim one (BatchNorm's ``num_batches_tracked``) cannot be viewed
+    as bytes."""
     digest = hashlib.blake2b(digest_size=16)
     for layer in layers:
         for name, tensor in (*layer.named_parameters(), *layer.named_buffers()):
             digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

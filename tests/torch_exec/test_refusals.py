@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from backends.torch_exec import sequential_spec  # exported by the package (issue 18)
 from backends.torch_exec.executor import ExecutorError, prepare_schedule
 from backends.torch_exec.launch import RunFailed, WorkerGroup
-from backends.torch_exec.model import sequential_spec, tiny_gpt
+from backends.torch_exec.model import tiny_gpt
 from backends.torch_exec.reference import reference_step
 from backends.torch_exec.worker import RunConfig, run_rank
 from ir import Placement, Schedule
@@ -70,6 +71,19 @@ def _mlp():
     return nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
 
 
+def _bn_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 4))
+
+
+def _tied_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(),
+                          nn.Linear(4, 4))
+    model[6].weight = model[0].weight
+    return model
+
+
 def _unseeded_mlp():
     torch.manual_seed(os.getpid())  # what an unseeded build amounts to: each process draws its own weights
     return nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
@@ -91,6 +105,36 @@ def test_a_plain_sequential_runs_and_matches_one_process(group2):
     ref = reference_step(spec, 8, num_stages=2, m=4, per_unit=False)
     grads = {k: v for r in results for k, v in r.grads.items()}
     assert set(grads) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for name, expected in ref.grads.items():
+        torch.testing.assert_close(grads[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_with_batchnorm_runs_and_matches_one_process(group2):
+    """BatchNorm's 0-dim ``num_batches_tracked`` buffer once broke the ranks' weight fingerprint
+    (issue 18). Each microbatch normalises by its own statistics, here as in the reference."""
+    spec = sequential_spec("bn-mlp", _bn_mlp, _mse, _batch)
+    results = group2.run(run_rank, RunConfig(build("1f1b", 2, 4), spec, 8, keep_grads=True))
+    ref = reference_step(spec, 8, num_stages=2, m=4, per_unit=True)  # microbatch by microbatch
+    grads = {k: v for r in results for k, v in r.grads.items()}
+    assert set(grads) == set(ref.grads) and "1.weight" in grads  # the BatchNorm's affine weight
+    for name, expected in ref.grads.items():
+        torch.testing.assert_close(grads[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_tied_across_ranks_are_refused_and_on_one_rank_run_exactly(group2):
+    """Layer 0's and layer 6's weight are one tensor (as GPT-2's embedding and head). Interleaved
+    on 2 ranks puts stage 0 on rank 0 and stage 3 on rank 1: refused before any process starts
+    (each copy would get only part of its gradient). On a V placement stages 0 and 3 share rank 0, where the
+    one tensor's gradient sums both uses, as in one process (issue 18)."""
+    spec = sequential_spec("tied", _tied_mlp, _mse, _batch)
+    with pytest.raises(ExecutorError, match=r"parameter '6.weight' \(stage 3, rank 1\) is the same tensor as "
+                                            r"'0.weight' \(stage 0, rank 0\)"):
+        prepare_schedule(build("interleaved", 2, 4), spec)
+    results = group2.run(run_rank, RunConfig(build("zb-v", 2, 4), spec, 8, keep_grads=True))
+    ref = reference_step(spec, 8, num_stages=4, m=4, per_unit=True)
+    grads = {k: v for r in results for k, v in r.grads.items()}
+    torch.testing.assert_close(grads["0.weight"], grads["6.weight"], rtol=0, atol=0)  # one tensor, both names
+    assert set(grads) == set(ref.grads)
     for name, expected in ref.grads.items():
         torch.testing.assert_close(grads[name], expected, rtol=1e-5, atol=1e-6)
 
