@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -173,11 +174,18 @@ class WorkerGroup:
         """``fn(*args, rank=, world_size=, device=)`` on every rank; the results by rank.
 
         Raises:
-            ExecutorError: every rank refused the task before compute (the group stays usable).
+            ExecutorError: every rank refused the task before compute, or it cannot be pickled to
+                reach them (the group stays usable).
             RunFailed: a rank failed; the group is closed.
         """
         if self.broken:
             raise RuntimeError("this worker group was closed after a failed run; start a new one")
+        try:  # here, not in the queue's feeder thread: there a failure is printed and the ranks wait forever
+            pickle.dumps((fn, args))
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the task cannot reach the ranks
+            raise ExecutorError(f"the task cannot be sent to the ranks ({type(exc).__name__}: {exc}); every part of "
+                                "it (the model spec's functions included) must be picklable: define them at module "
+                                "level, not as lambdas or local functions") from None
         for q in self._tasks:
             q.put((fn, args))
         got: dict[int, tuple[str, Any]] = {}

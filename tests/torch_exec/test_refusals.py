@@ -139,6 +139,18 @@ def test_weights_tied_across_ranks_are_refused_and_on_one_rank_run_exactly(group
         torch.testing.assert_close(grads[name], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_spec_that_cannot_be_pickled_is_refused_at_once_and_the_group_survives(group2):
+    """A ModelSpec built with lambdas once printed a pickling error from the queue's feeder thread
+    and then waited for the 3,600 s deadline (issue 18)."""
+    spec = sequential_spec("lambdas", lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), _mse, _batch)
+    began = time.monotonic()
+    with pytest.raises(ExecutorError, match="cannot be sent to the ranks.*picklable"):
+        group2.run(run_rank, RunConfig(build("1f1b", 2, 2), spec, 4))
+    assert time.monotonic() - began < 30  # hang guard: refused before anything is sent
+    spec = sequential_spec("mlp", _mlp, _mse, _batch)  # the same group still runs a good task
+    assert len(group2.run(run_rank, RunConfig(build("1f1b", 2, 2), spec, 4))) == 2
+
+
 def test_ranks_that_built_different_weights_refuse_to_run(group2):
     spec = sequential_spec("unseeded", _unseeded_mlp, _mse, _batch)
     with pytest.raises(ExecutorError, match="the ranks built different weights"):
