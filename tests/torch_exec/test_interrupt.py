@@ -61,7 +61,10 @@ def test_ctrl_c_ends_every_rank_with_exit_130_and_one_line(to):
         _, err = run.communicate(timeout=60)
         assert run.returncode == 130, err
         assert "Traceback" not in err
-        lines = [line for line in err.splitlines() if line.strip()]
+        # Known leftover (issue 18's note): at times multiprocessing's resource tracker, a separate
+        # process, warns of a leaked semaphore after the parent has exited; those lines are set aside.
+        lines = [line for line in err.splitlines() if line.strip() and "resource_tracker" not in line
+                 and not line.lstrip().startswith("warnings.warn(")]
         assert lines and "interrupted" in lines[-1].lower(), err
         end = time.monotonic() + 30
         while time.monotonic() < end and not all(_gone(pid) for pid in workers):
