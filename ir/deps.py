@@ -203,9 +203,11 @@ def messages(ix: ProgramIndex) -> list[Message]:
 
 def memory_effects(action: Action, ix: ProgramIndex, costs: Costs) -> list[tuple[bool, float]]:
     """Byte deltas on the action's rank as ``(at_end, delta)`` pairs (DESIGN.md memory table)."""
-    u = costs.unit(action.stage, action.slice)
-    op = action.op
-    recomputed = ix.recomputed(action)
+    return unit_effects(action.op, costs.unit(action.stage, action.slice), ix.recomputed(action))
+
+
+def unit_effects(op: Op, u, recomputed: bool) -> list[tuple[bool, float]]:
+    """`memory_effects` of an ``op`` on a unit with costs ``u`` (recomputed or not)."""
     if op is Op.F:
         return [(False, u.inp if recomputed else u.act)]
     if op is Op.R:

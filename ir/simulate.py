@@ -14,11 +14,12 @@ first when both fall at the same instant. The schedule is checked by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from ir.actions import Action, Stream, parse_action
+from ir.actions import Action, Op, Stream, parse_action
 from ir.costs import Costs
-from ir.deps import ProgramIndex, memory_effects, paused_gc, ready_time
+from ir.deps import ProgramIndex, memory_effects, paused_gc, ready_time, unit_effects
 from ir.errors import ScheduleError, Violation
 from ir.schedule import Schedule
 
@@ -205,3 +206,28 @@ def one_point_per_instant(curve: list[tuple[float, float]]) -> tuple[tuple[float
     out = merged[:1]
     out += [(t, level) for (t, level), (_, before) in zip(merged[1:], merged, strict=False) if level != before]
     return tuple(out)
+
+
+def program_order_peak(schedule: Schedule, costs: Costs) -> float | None:
+    """The highest memory level of any rank from program order alone, in one pass with no timing:
+    exact for a schedule with no recompute, offload or reload whose actions all take time (one
+    compute stream runs them in order, each allocating at its start and freeing at its end, the
+    order `simulate`'s events sort into); None for any other schedule."""
+    units: dict[tuple[int, int], object] = {}
+    top = -math.inf
+    for r, prog in enumerate(schedule.ranks):
+        level = costs.static_of(r)
+        top = max(top, level)
+        for a in prog:
+            if a.op not in _IN_ORDER or costs.duration(a) <= 0:
+                return None
+            key = (a.stage, a.slice)
+            u = units.get(key) or units.setdefault(key, costs.unit(*key))
+            for _, delta in unit_effects(a.op, u, False):
+                level += delta
+            top = max(top, level)
+    return top
+
+
+_IN_ORDER = frozenset((Op.F, Op.B, Op.BW, Op.W))
+

@@ -33,9 +33,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ir import Op, Placement, Schedule, ScheduleError, simulate
+from ir import Placement, ScheduleError, simulate
+from ir.simulate import program_order_peak
 from ir.verify import MEMORY_RTOL
 from synth.block.cpsat import BlockError, BlockOptions, block_from_answer
 from synth.block.groups import solve_groups
@@ -556,39 +556,6 @@ def _baselines(problem: SynthProblem, skipped: list, deadline: float = math.inf,
         except (ValueError, ScheduleError) as err:
             skipped.append((name, str(err).splitlines()[0]))
     return out
-
-
-def program_order_peak(schedule: Schedule, costs) -> float | None:
-    """The highest memory level of any rank, from program order alone: exact for a schedule with
-    no recompute, offload or reload whose actions all take time (one compute stream runs them in
-    order, each allocating at its start and freeing at its end, as ``ir.simulate`` counts), in
-    one pass with no timing; None for any other schedule. Linear in the actions."""
-    units: dict[tuple[int, int], Any] = {}
-    top = -math.inf
-    for r, prog in enumerate(schedule.ranks):
-        level = costs.static_of(r)
-        top = max(top, level)
-        for a in prog:
-            op = a.op
-            if op not in _ORDERED or costs.duration(a) <= 0:
-                return None
-            key = (a.stage, a.slice)
-            u = units.get(key)
-            if u is None:
-                u = units[key] = costs.unit(*key)
-            if op is Op.F:
-                level += u.act
-                top = max(top, level)
-            elif op is Op.B:
-                level -= u.act - u.wact
-            elif op is Op.BW:
-                level -= u.act
-            else:
-                level -= u.wact
-    return top
-
-
-_ORDERED = frozenset((Op.F, Op.B, Op.BW, Op.W))
 
 
 def _no_fit(mem_cap: float, baselines: list[Candidate], sequential: list[Candidate],

@@ -20,12 +20,13 @@ import pytest
 
 from ir import simulate
 from ir.jsonio import load
+from ir.simulate import program_order_peak
 from ir.verify import verify
 from synth.baselines import BASELINES
 from synth.cli import _synth_parser
 from synth.cli.commands import problem_source
 from synth.problem import REFERENCE_RATES, SMALL_STEP, Budget, Pace, SynthProblem, Variants
-from synth.search import SynthOptions, program_order_peak, synthesize
+from synth.search import SynthOptions, synthesize
 
 
 def test_pace_predicts_from_the_slowest_rate_seen_and_scales_unmeasured_steps():
