@@ -8,7 +8,7 @@ PIP = $(PYTHON) -m pip
 # and a bare `torch` requirement would pull the newest release with CUDA packages.
 install:
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[torch,dev]'
+	$(PIP) install --quiet -e '.[torch,dev,hf]'
 
 test:
 	$(PYTHON) -m pytest -q
@@ -21,7 +21,7 @@ bench:
 	for f in benchmarks/*.py; do echo "== $$f"; $(PYTHON) $$f; done
 
 lint:
-	$(PYTHON) -m ruff check ir synth backends tests benchmarks
+	$(PYTHON) -m ruff check ir synth backends tests benchmarks examples
 
 demo:
 	$(PYTHON) -m ir --out out/demo --force

@@ -7,8 +7,10 @@ tests build them by hand. Times are in one unit throughout (ms by convention)
 and memory in bytes; nothing here converts.
 
 Memory effects (DESIGN.md, "Ops"): F keeps ``act`` (only ``inp`` if the unit is
-recomputed); B frees ``act - wact``; W frees ``wact``; BW frees ``act``; R re-adds
-``act`` and B frees ``inp``; OFFLOAD frees ``act``, RELOAD brings it back.
+recomputed); B frees ``act - wact``; W frees ``wact``; BW frees ``act``; R adds
+``act - inp`` (the kept input is part of ``act``, never counted twice), so a recomputed
+unit's backwards free exactly what they free without recompute; OFFLOAD frees ``act``,
+RELOAD brings it back.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class UnitCost:
         r: recompute time; ``None`` means ``f``.
         act: bytes the forward keeps for backward.
         wact: the part of ``act`` that W still needs after B (``0 <= wact <= act``).
-        inp: bytes of the stage input, all a recomputed unit keeps until its B.
+        inp: bytes of the stage input, all a recomputed unit keeps from F to R; part of ``act``
+            (``0 <= inp <= act``), so R adds ``act - inp``.
         comm: latency to send this unit's output to the next stage's rank (and the
             matching gradient back); paid only when the two stages sit on different ranks.
     """
@@ -57,6 +60,9 @@ class UnitCost:
                 raise ValueError(f"UnitCost.{name} must be a finite number >= 0, got {value!r}")
         if self.wact > self.act:
             raise ValueError(f"UnitCost.wact ({self.wact}) cannot exceed act ({self.act})")
+        if self.inp > self.act:
+            raise ValueError(f"UnitCost.inp ({self.inp}) cannot exceed act ({self.act}): the kept stage input is "
+                             "part of the activations act counts, so make it at most act")
 
 
 @dataclass(frozen=True, slots=True)

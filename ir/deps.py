@@ -211,12 +211,13 @@ def unit_effects(op: Op, u, recomputed: bool) -> list[tuple[bool, float]]:
     if op is Op.F:
         return [(False, u.inp if recomputed else u.act)]
     if op is Op.R:
-        return [(False, u.act)]
-    extra = u.inp if recomputed else 0.0  # a recomputed unit's kept input is freed with its B
+        # the kept input is part of act (the stage's first op saves it): R adds only the rest, and
+        # the unit's backwards then free act exactly as without recompute
+        return [(False, u.act - u.inp)]
     if op is Op.B:
-        return [(True, -(u.act - u.wact) - extra)]
+        return [(True, -(u.act - u.wact))]
     if op is Op.BW:
-        return [(True, -u.act - extra)]
+        return [(True, -u.act)]
     if op is Op.W:
         return [(True, -u.wact)]
     if op is Op.OFFLOAD:

@@ -9,6 +9,9 @@ Modules, from the model up:
 - ``passes``: one unit's F, R, B, W, BW, OFFLOAD, RELOAD on one stage (`StageRunner`).
 - ``comms``: batched p2p of boundary tensors with bounded waits (`Mailbox`).
 - ``executor``: checks a schedule (`prepare_schedule`) and walks a rank's program (`RankExecutor`).
+- ``boundary``: what crosses a stage boundary (a tensor, or a tuple/dict of them).
+- ``split``: `split_model`, by module names; ``hf``: `hf_layers`, Hugging Face ``*ForCausalLM`` models.
+- ``pipeline``: `PipelineSchedule`, the executor in the user's own training loop (torch.distributed.pipelining's shape).
 - ``worker``: one rank's whole run (`RunConfig`, `run_rank`); ``launch``: local processes or torchrun.
 - ``reference``: the single-process run the executor must equal; ``profile``: measured ``ir.Costs``;
   ``trace``: the real run as an ``ir.Timeline`` / Chrome trace; ``cli``: ``synth run``.
@@ -24,9 +27,13 @@ from typing import Any
 __all__ = [
     "ExecutorError",
     "ModelSpec",
+    "PipelineSchedule",
     "RunConfig",
     "RunFailed",
     "WorkerGroup",
+    "clip_grad_norm_",
+    "hf_layers",
+    "hf_spec",
     "model_spec",
     "prepare_schedule",
     "profile_costs",
@@ -34,6 +41,7 @@ __all__ = [
     "run_rank",
     "sequential_spec",
     "spawn",
+    "split_model",
     "tiny_gpt",
 ]
 
@@ -50,6 +58,11 @@ _HOME = {
     "WorkerGroup": "launch",
     "spawn": "launch",
     "profile_costs": "profile",
+    "PipelineSchedule": "pipeline",
+    "clip_grad_norm_": "pipeline",
+    "hf_layers": "hf",
+    "hf_spec": "hf",
+    "split_model": "split",
     "reference_step": "reference",
 }
 

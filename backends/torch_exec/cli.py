@@ -26,6 +26,10 @@ __all__ = ["add_run_arguments", "run_command"]
 _GPT_OPTIONS = ("layers", "hidden", "heads", "seq_len", "vocab", "dropout")
 
 
+# --check-grads: torch.allclose's rule, |got - expected| <= atol + rtol |expected|, at fp32 rounding of
+# a pipelined sum in another order (measured differences are below 1.2e-7; issue 18)
+CHECK_RTOL, CHECK_ATOL = 1e-5, 1e-6
+
 # The least --timeout: starting the ranks and their process group alone takes a few seconds.
 MIN_TIMEOUT = 5.0
 _positive_int = int_at_least(1)
@@ -71,7 +75,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--ranks", type=_positive_int, default=2, help="ranks, with --baseline (default 2)")
     parser.add_argument("-m", "--microbatches", type=_positive_int, default=4,
                         help="microbatches, with --baseline (default 4)")
-    parser.add_argument("--model", default="tiny-gpt", help="model to run (default tiny-gpt, a small causal GPT)")
+    parser.add_argument("--model", default="tiny-gpt",
+                        help="model to run: tiny-gpt (default, a small causal GPT), hf:CONFIG.json (a Hugging Face "
+                        "causal LM built from a config, random weights, no download; needs transformers) or "
+                        "module:function (a function returning a backends.torch_exec.ModelSpec)")
     parser.add_argument("--steps", type=_positive_int, default=3, help="training steps (default 3)")
     parser.add_argument("--nproc", type=_positive_int, help="processes to start (default and only allowed value: the "
                         "schedule's ranks); ignored under torchrun")
@@ -79,7 +86,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=_positive_int, help="tiny-gpt blocks (default: one per stage)")
     parser.add_argument("--hidden", type=_positive_int, help="tiny-gpt width (default 32)")
     parser.add_argument("--heads", type=_positive_int, help="tiny-gpt attention heads (default 2)")
-    parser.add_argument("--seq-len", type=_positive_int, help="tiny-gpt tokens per sequence (default 16)")
+    parser.add_argument("--seq-len", type=_positive_int, help="tokens per sequence, tiny-gpt or hf: (default 16)")
     parser.add_argument("--vocab", type=_positive_int, help="tiny-gpt vocabulary (default 64)")
     parser.add_argument("--dropout", type=_fraction, help="tiny-gpt dropout (default 0)")
     parser.add_argument("--lr", type=_learning_rate, default=0.05, help="learning rate (default 0.05)")
@@ -96,6 +103,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens of each sequence slice: 'auto' (default: the cut the schedule records in "
                         "meta.slice_bounds, e.g. the cost model's compute-balanced one, scaled to the model's "
                         "sequence; else equal slices), 'equal', or k comma-separated counts such as 7,5,4")
+    parser.add_argument("--check-grads", action="store_true",
+                        help=f"compare the first step's loss and gradients with a single-process run of the same "
+                        f"model and batch; print the largest difference and exit 1 above rtol {CHECK_RTOL:g}, "
+                        f"atol {CHECK_ATOL:g}")
     parser.add_argument("--trace", type=Path, help="write a Chrome trace of the last step's real run here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --trace file")
 
@@ -121,11 +132,50 @@ def _model(args: argparse.Namespace, schedule: Schedule) -> Any:
     from backends.torch_exec.model import model_spec
 
     options = {name: getattr(args, name) for name in _GPT_OPTIONS if getattr(args, name) is not None}
+    if args.model.startswith("hf:"):
+        from backends.torch_exec.hf import hf_spec
+
+        extra = [name for name in options if name != "seq_len"]
+        if extra:
+            raise ValueError(f"--{', --'.join(extra)} only apply to tiny-gpt; an hf: model's size is its config's")
+        return hf_spec(Path(args.model[3:]), seq_len=options.get("seq_len", 16), name=args.model)
     if args.model == "tiny-gpt":
         options.setdefault("layers", schedule.num_stages)
-    elif options:
+        return model_spec(args.model, **options)
+    if options:
         raise ValueError(f"--{', --'.join(options)} only apply to tiny-gpt")
+    if ":" in args.model:
+        return _user_model(args.model)
     return model_spec(args.model, **options)
+
+
+def _user_model(text: str) -> Any:
+    """``module:function``: the `ModelSpec` the function returns (the module imported from the
+    current directory or the Python path, by every rank alike)."""
+    import importlib
+    import os
+
+    from backends.torch_exec.model import ModelSpec
+
+    module_name, _, function = text.partition(":")
+    if not module_name or not function:
+        raise ValueError(f"--model {text!r}: give module:function, e.g. mymodels:build_spec")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # spawned ranks inherit sys.path, so they import it too
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--model {text!r}: cannot import {module_name!r} ({exc}); run from its directory or put "
+                         "it on PYTHONPATH") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise ValueError(f"--model {text!r}: {module_name} has no function {function!r}")
+    spec = fn()
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"--model {text!r}: {function}() returned a {type(spec).__name__}, not a ModelSpec; build "
+                         "one with backends.torch_exec.sequential_spec(name, build, loss_fn, make_batch) or "
+                         "ModelSpec(...)")
+    return spec
 
 
 def _slice_lengths(text: str, schedule: Schedule, spec: Any) -> tuple[int, ...] | None:
@@ -161,7 +211,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.trace is not None:
             check_writable(args.trace, args.force)
         cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
-                        timeout=args.timeout,
+                        timeout=args.timeout, keep_grads=args.check_grads,
                         record_spans=args.trace is not None, device=args.device, slice_lengths=lengths)
         results = _run_torchrun(cfg) if under_torchrun else _run_local(cfg, nproc)
     except (ExecutorError, ScheduleError, ValueError, OSError) as err:
@@ -178,7 +228,47 @@ def run_command(args: argparse.Namespace) -> int:
 
         write_run_trace([r.steps[-1] for r in results], args.trace, overwrite=args.force, name=f"synth run {label}")
         print(f"wrote {args.trace} (last step of the real run; `synth show ... --trace` draws the simulated one)")
+    if args.check_grads:
+        return _check_grads(cfg, results)
     return 0
+
+
+def _check_grads(cfg: Any, results: list) -> int:
+    """Compare the first step with a single-process run (same weights, batch and dropout seeds)."""
+    import torch
+
+    from backends.torch_exec.reference import reference_step
+
+    schedule = cfg.schedule
+    ref = reference_step(cfg.model, cfg.batch_size, num_stages=schedule.num_stages, m=schedule.m, k=schedule.k,
+                         per_unit=True, seed=cfg.seed, data_seed=cfg.data_seed, stage_layers=cfg.stage_layers,
+                         lengths=cfg.slice_lengths)
+    got = {name: g for r in results for name, g in (r.grads or {}).items()}
+    loss = next(s.loss for r in results for s in r.steps[:1] if s.loss is not None)
+    worst_abs = worst_share = 0.0  # the largest |difference|, and the largest difference / its allowance
+    bad = []
+    missing = sorted(set(ref.grads) - {n for n, g in got.items() if g is not None})
+    for name, expected in ref.grads.items():
+        g = got.get(name)
+        if g is None or expected is None:
+            continue
+        diff = (g.double() - expected.double()).abs()
+        worst_abs = max(worst_abs, float(diff.max()))
+        allowed = CHECK_ATOL + CHECK_RTOL * expected.double().abs()
+        worst_share = max(worst_share, float((diff / allowed).max()))
+        if not torch.all(diff <= allowed):
+            bad.append(name)
+    loss_rel = abs(loss - ref.loss) / max(abs(ref.loss), 1e-30)
+    ok = not bad and not missing and loss_rel <= CHECK_RTOL
+    print(f"check-grads: {len(ref.grads)} gradient tensors against one process: largest difference "
+          f"{worst_abs:.3g} ({worst_share:.1%} of the allowed atol + rtol |expected|), loss {loss:.6f} vs "
+          f"{ref.loss:.6f}; tolerance rtol {CHECK_RTOL:g}, atol {CHECK_ATOL:g}: {'ok' if ok else 'FAILED'}")
+    if missing:
+        print(f"check-grads: no gradient for {', '.join(missing[:5])}", file=sys.stderr)
+    if bad:
+        print(f"check-grads: above the tolerance: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}",
+              file=sys.stderr)
+    return 0 if ok else 1
 
 
 def _run_local(cfg: Any, nproc: int) -> list:
@@ -206,7 +296,8 @@ def _run_torchrun(cfg: Any) -> list | None:
 
 def _report(label: str, cfg: Any, results: list) -> None:
     schedule, spec = cfg.schedule, cfg.model
-    params = sum(p.numel() for layer in spec.build_layers() for p in layer.parameters())
+    unique = {id(p): p for layer in spec.build_layers() for p in layer.parameters()}  # a tied tensor once
+    params = sum(p.numel() for p in unique.values())
     print(f"{label}: p={schedule.p} stages={schedule.num_stages} m={schedule.m} k={schedule.k} "
           f"placement={schedule.placement.kind.value}")
     print(f"model {spec.name}, batch {cfg.batch_size}, {cfg.steps} step(s), {cfg.optimizer} lr {cfg.lr:g}, "

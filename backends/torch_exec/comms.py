@@ -6,6 +6,8 @@ as one ``batch_isend_irecv``: receives go into buffers allocated from the known 
 (``backends.torch_exec.stages.boundary_shapes``, so no shape exchange), sends take the tensor the
 producing pass left in the outbox. Nothing waits at post time: the consumer of a received tensor
 waits for it (`take`), and sends are completed lazily and at the end of the step (`drain`).
+A boundary that carries several tensors (a tuple or dict, ``backends.torch_exec.boundary``)
+travels as one message per tensor, each with its own tag.
 
 Every wait is bounded: a peer that died or hangs ends the rank's run with a `CommError` that
 names the action, the peer and the timeout, instead of a hang. Messages carry a tag derived from
@@ -22,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from backends.torch_exec.stages import TensorMeta
+from backends.torch_exec.boundary import Boundary, TensorMeta
 from ir import Action, Op, Schedule
 
 __all__ = ["CommError", "Mailbox"]
@@ -46,14 +48,17 @@ class Mailbox:
     Args:
         rank: this rank.
         schedule: the (lowered) schedule, for the placement and the tag space.
-        shapes: ``shapes[s]`` is one unit's output of stage ``s`` (all but the last stage).
+        shapes: ``shapes[s][j]`` is the `Boundary` of one unit's output of stage ``s``, slice ``j``
+            (all but the last stage).
         device: where receive buffers live.
         timeout: seconds any single wait may take.
         group: the process group (default: the world).
+        global_ranks: the global rank of each rank of ``group`` (None: the group is the world).
     """
 
-    def __init__(self, rank: int, schedule: Schedule, shapes: list[list[TensorMeta]], device: torch.device,
-                 timeout: float, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, rank: int, schedule: Schedule, shapes: list[list[Boundary]], device: torch.device,
+                 timeout: float, group: dist.ProcessGroup | None = None,
+                 global_ranks: list[int] | None = None) -> None:
         self.rank = rank
         self.placement = schedule.placement
         self.num_stages, self.m, self.k = schedule.num_stages, schedule.m, schedule.k
@@ -61,43 +66,53 @@ class Mailbox:
         self.device = device
         self.timeout = timeout
         self.group = group
-        self.outbox: dict[Action, Tensor] = {}  # SEND action -> the tensor its producer made
-        self._recvs: dict[Action, _InFlight] = {}
+        self._global = global_ranks
+        self.outbox: dict[Action, list[Tensor]] = {}  # SEND action -> the tensors its producer made
+        self._width = max([1] + [len(b.tensors) for row in shapes for b in row])  # tags per message
+        self._recvs: dict[Action, list[_InFlight]] = {}
         self._sends: list[_InFlight] = []
 
     def post(self, actions: list[Action]) -> None:
         """Issue ``actions`` (consecutive SEND/RECV of the program) as one batch."""
-        flights = [self._flight(a) for a in actions]
-        ops = [dist.P2POp(dist.isend if f.action.op in (Op.SEND_F, Op.SEND_B) else dist.irecv, f.tensor, f.peer,
-                          self.group, self._tag(f.action)) for f in flights]
+        flights = [(n, f) for a in actions for n, f in enumerate(self._flights(a))]
+        ops = [dist.P2POp(dist.isend if f.action.op in (Op.SEND_F, Op.SEND_B) else dist.irecv, f.tensor,
+                          f.peer if self._global is None else self._global[f.peer], self.group,
+                          self._tag(f.action) * self._width + n) for n, f in flights]
         try:
             works = dist.batch_isend_irecv(ops)
         except RuntimeError as exc:
             raise CommError(f"rank {self.rank}: posting {', '.join(map(str, actions))} failed: {exc}") from exc
-        for flight, work in zip(flights, works, strict=True):
+        for (_, flight), work in zip(flights, works, strict=True):
             flight.work = work
             if flight.action.op in (Op.SEND_F, Op.SEND_B):
                 self._sends.append(flight)
             else:
-                self._recvs[flight.action] = flight
+                self._recvs.setdefault(flight.action, []).append(flight)
         self._sends = [f for f in self._sends if not f.work.is_completed()]
 
-    def _flight(self, action: Action) -> _InFlight:
+    def _flights(self, action: Action) -> list[_InFlight]:
         s = action.stage
         if action.op is Op.SEND_F:
-            return _InFlight(action, self.placement.rank_of(s + 1), self._outgoing(action))
+            return [_InFlight(action, self.placement.rank_of(s + 1), t) for t in self._outgoing(action)]
         if action.op is Op.SEND_B:
-            return _InFlight(action, self.placement.rank_of(s - 1), self._outgoing(action))
-        meta = (self.shapes[s - 1] if action.op is Op.RECV_F else self.shapes[s])[action.slice]
+            return [_InFlight(action, self.placement.rank_of(s - 1), t) for t in self._outgoing(action)]
+        metas = self.incoming(action)
         peer = self.placement.rank_of(s - 1 if action.op is Op.RECV_F else s + 1)
-        return _InFlight(action, peer, torch.empty(meta.shape, dtype=meta.dtype, device=self.device))
+        return [_InFlight(action, peer, torch.empty(m.shape, dtype=m.dtype, device=self.device)) for m in metas]
 
-    def _outgoing(self, action: Action) -> Tensor:
+    def incoming(self, recv: Action) -> list[TensorMeta]:
+        """The tensors a RECV brings: the sender's output (RECV_F) or the gradients of this
+        stage's output (RECV_B)."""
+        if recv.op is Op.RECV_F:
+            return self.shapes[recv.stage - 1][recv.slice].tensors
+        return self.shapes[recv.stage][recv.slice].grads
+
+    def _outgoing(self, action: Action) -> list[Tensor]:
         try:
-            tensor = self.outbox.pop(action)
+            tensors = self.outbox.pop(action)
         except KeyError:
             raise CommError(f"rank {self.rank}: {action} has nothing to send; its producer has not run") from None
-        return tensor.contiguous()
+        return [t.contiguous() for t in tensors]
 
     def _tag(self, action: Action) -> int:
         """The same number on both sides of a message: direction, producing stage, microbatch, slice."""
@@ -108,14 +123,15 @@ class Mailbox:
             producer = action.stage - 1 if action.op is Op.RECV_F else action.stage + 1
         return ((direction * self.num_stages + producer) * self.m + action.microbatch) * self.k + action.slice
 
-    def take(self, recv: Action) -> Tensor:
-        """The tensor ``recv`` (a RECV action of this rank) brought, once it has arrived."""
+    def take(self, recv: Action) -> list[Tensor]:
+        """The tensors ``recv`` (a RECV action of this rank) brought, once they have arrived."""
         try:
-            flight = self._recvs.pop(recv)
+            flights = self._recvs.pop(recv)
         except KeyError:
             raise CommError(f"rank {self.rank}: {recv} was not posted before the pass that needs it") from None
-        self._wait(flight, "receiving")
-        return flight.tensor
+        for flight in flights:
+            self._wait(flight, "receiving")
+        return [flight.tensor for flight in flights]
 
     def drain(self) -> None:
         """Wait for every send still in flight (end of step); check nothing was left unreceived."""

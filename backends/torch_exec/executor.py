@@ -17,19 +17,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
+from backends.torch_exec.boundary import rebuild, tensor_leaves
 from backends.torch_exec.comms import Mailbox
 from backends.torch_exec.memory import MemoryTracker
 from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import KVChain, StageRunner, Unit, unit_seed
-from backends.torch_exec.stages import StageCountError, check_stage_count, partition
+from backends.torch_exec.stages import StageCountError, check_stage_count
 from ir import Action, Op, Schedule, ScheduleError, lower
 
-__all__ = ["ExecutorError", "RankExecutor", "SpanRecord", "StepRecord", "prepare_schedule", "slice_lengths",
-           "split_batch"]
+__all__ = ["ExecutorError", "RankExecutor", "SpanRecord", "StepRecord", "TiedGrads", "TiedGroup", "prepare_schedule",
+           "slice_lengths", "split_batch", "tied_groups"]
 
 
 class ExecutorError(ValueError):
@@ -38,16 +41,20 @@ class ExecutorError(ValueError):
 
 def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | None = None,
                      batch_size: int | None = None, stage_layers: Sequence[int] | None = None,
-                     lengths: Sequence[int] | None = None) -> Schedule:
+                     lengths: Sequence[int] | None = None, early_recvs: bool = True) -> Schedule:
     """``schedule`` verified and lowered, or `ExecutorError` saying why it cannot run.
 
     Checks, in order: ``ir.verify`` (completeness, order, deadlock), the number of ranks, the
-    stage count against the model's layers, parameters tied across ranks (`check_tied`), sequence
-    slices against the model (``lengths``: the tokens of each slice, None for equal ones), the
-    batch against ``m``.
+    stage count against the model's layers, sequence slices against the model (``lengths``: the
+    tokens of each slice, None for equal ones), the batch against ``m``. Parameters tied across
+    ranks are fine: their gradients are summed over the ranks (`TiedGrads`). ``early_recvs``:
+    ``ir.lower`` posts each receive as early as the per-peer order allows (gloo, which moves each
+    message on its own); False for NCCL, whose batched p2p runs in order on one stream, where an
+    early receive would hold up the rank's later sends (``ir.lower``'s docstring).
     """
     try:
-        lowered = lower(schedule)  # runs verify's structural rules (deadlock included) and raises on them
+        # runs verify's structural rules (deadlock included) and raises on them
+        lowered = lower(schedule, early_recvs=early_recvs)
     except ScheduleError as exc:
         raise ExecutorError(f"refusing to run the schedule: {exc}") from None
     if world_size is not None and world_size != schedule.p:
@@ -57,7 +64,6 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
         check_stage_count(spec, schedule.num_stages, stage_layers)
     except StageCountError as exc:
         raise ExecutorError(f"refusing to run: {exc}") from None
-    check_tied(spec, schedule, stage_layers)
     if schedule.k > 1:
         if spec.seq_dim is None or spec.seq_len is None:
             raise ExecutorError(f"the schedule cuts microbatches into k={schedule.k} sequence slices, but model "
@@ -73,26 +79,75 @@ def prepare_schedule(schedule: Schedule, spec: ModelSpec, *, world_size: int | N
     return lowered
 
 
-def check_tied(spec: ModelSpec, schedule: Schedule, stage_layers: Sequence[int] | None = None) -> None:
-    """Refuse a model whose tied parameter (one tensor in two layers, as GPT-2's embedding and head
-    by default) lands on two ranks: each rank would update its own copy with only its own part of
-    the gradient (off by 5e-2 on GPT-2, silently). Tied layers on one rank share the tensor there,
-    so their gradients sum as in one process. The model is built on the meta device (no memory)."""
-    with torch.device("meta"):
-        layers = spec.build_layers()
-    ranges = partition(len(layers), schedule.num_stages, pre=spec.pre, post=spec.post, stage_layers=stage_layers)
-    ranks = schedule.placement.stage_to_rank
-    first: dict[int, tuple[str, int]] = {}  # id of the tensor -> (its first name, stage)
-    for s in range(schedule.num_stages):
-        for n in ranges[s]:
+@dataclass(frozen=True, slots=True)
+class TiedGroup:
+    """One tensor that several layers share (a tied parameter).
+
+    Attributes:
+        names: its model-wide names (``"<layer>.<name>"``), the first one first.
+        stages: the stage of each name.
+        ranks: the ranks holding those stages, sorted, each once.
+    """
+
+    names: tuple[str, ...]
+    stages: tuple[int, ...]
+    ranks: tuple[int, ...]
+
+
+def tied_groups(layers: Sequence[torch.nn.Module], ranges: Sequence[range], stage_to_rank: Sequence[int]
+                ) -> list[TiedGroup]:
+    """Every parameter that two or more layers share, with where its copies land."""
+    seen: dict[int, list[tuple[str, int]]] = {}  # id of the tensor -> (name, stage) of each use
+    for s, run in enumerate(ranges):
+        for n in run:
             for name, param in layers[n].named_parameters(prefix=str(n), remove_duplicate=False):
-                seen = first.setdefault(id(param), (name, s))
-                if ranks[seen[1]] != ranks[s]:
-                    raise ExecutorError(
-                        f"refusing to run: parameter {name!r} (stage {s}, rank {ranks[s]}) is the same tensor as "
-                        f"{seen[0]!r} (stage {seen[1]}, rank {ranks[seen[1]]}): tied weights on two ranks would each "
-                        "get only part of their gradient; put the stages that share it on one rank (a V placement "
-                        "puts the first and the last stage together) or untie it")
+                seen.setdefault(id(param), []).append((name, s))
+    return [TiedGroup(tuple(n for n, _ in uses), tuple(s for _, s in uses),
+                      tuple(sorted({stage_to_rank[s] for _, s in uses})))
+            for uses in seen.values() if len(uses) > 1]
+
+
+class TiedGrads:
+    """Parameters tied across ranks (one tensor in layers of stages on two or more ranks, as GPT-2's
+    embedding and head by default): every rank holds a copy, updated from its own part of the
+    gradient unless the parts are summed. `all_reduce` sums them over the ranks that hold each
+    one (Megatron's embedding group), so every copy gets the whole gradient and stays equal.
+
+    Made on every rank of the group, in the same order (``dist.new_group`` is collective).
+
+    Attributes:
+        pairs: this rank's copy of each tied parameter it holds, and the group of its holders.
+        not_counted: ids of this rank's copies another (lower) rank counts in a global norm.
+    """
+
+    def __init__(self, layers: Sequence[torch.nn.Module], ranges: Sequence[range], stage_to_rank: Sequence[int],
+                 rank: int, world_size: int, group: Any = None, global_ranks: Sequence[int] | None = None) -> None:
+        import torch.distributed as dist
+
+        self.pairs: list[tuple[torch.nn.Parameter, Any]] = []
+        self.not_counted: set[int] = set()
+        for tied in tied_groups(layers, ranges, stage_to_rank):
+            if len(tied.ranks) < 2:
+                continue  # tied on one rank: autograd sums both uses into the one tensor there
+            members = [r if global_ranks is None else global_ranks[r] for r in tied.ranks]
+            pg = group if len(tied.ranks) == world_size else dist.new_group(members)
+            if rank not in tied.ranks:
+                continue
+            use = next(n for n, s in enumerate(tied.stages) if stage_to_rank[s] == rank)
+            layer, name = tied.names[use].split(".", 1)
+            param = layers[int(layer)].get_parameter(name)
+            if rank != tied.ranks[0]:
+                self.not_counted.add(id(param))
+            self.pairs.append((param, pg))
+
+    def all_reduce(self) -> None:
+        """Sum each tied parameter's gradient over the ranks holding it (a missing one counts as 0)."""
+        import torch.distributed as dist
+
+        for param, pg in self.pairs:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad, group=pg)
 
 
 def check_lengths(lengths: Sequence[int], k: int, seq_len: int) -> None:
@@ -123,11 +178,24 @@ def slice_lengths(schedule: Schedule, seq_len: int) -> tuple[int, ...] | None:
     return tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
 
 
-def split_batch(tensor: Tensor, m: int, k: int, seq_dim: int | None,
-                lengths: Sequence[int] | None = None) -> list[list[Tensor]]:
+def split_batch(tensor: Any, m: int, k: int, seq_dim: int | None,
+                lengths: Sequence[int] | None = None) -> list[list[Any]]:
     """``out[i][j]``: microbatch i (along dim 0), slice j (along ``seq_dim``; ``lengths`` tokens
     each, or equal), each its own tensor (a copy, so that what a unit holds is its own data, not a
-    view keeping the whole batch)."""
+    view keeping the whole batch). A pytree of tensors (a tuple or dict of inputs) is split leaf
+    by leaf, each leaf along its dim 0 (k = 1 only)."""
+    if not isinstance(tensor, Tensor):
+        if k > 1:
+            raise ExecutorError("sequence slices (k > 1) need the batch as one tensor, not a "
+                                f"{type(tensor).__name__}; use a schedule with k=1")
+        flat, spec = pytree.tree_flatten(tensor)
+        for leaf in flat:
+            if isinstance(leaf, Tensor) and leaf.dim() and leaf.shape[0] % m:
+                raise ExecutorError(f"a batch tensor of {leaf.shape[0]} rows cannot be cut into m={m} equal "
+                                    "microbatches; use a batch size that m divides")
+        parts = [split_batch(leaf, m, 1, None) if isinstance(leaf, Tensor) and leaf.dim() else None for leaf in flat]
+        return [[pytree.tree_unflatten([leaf if part is None else part[i][0] for leaf, part in zip(flat, parts,
+                                        strict=True)], spec)] for i in range(m)]
     out = []
     for mb in tensor.chunk(m, dim=0):
         if k == 1:
@@ -138,47 +206,17 @@ def split_batch(tensor: Tensor, m: int, k: int, seq_dim: int | None,
     return out
 
 
-def comm_batches(program: Sequence[Action], recv_lookahead: int | None = 0) -> list[Action | list[Action]]:
+def comm_batches(program: Sequence[Action]) -> list[Action | list[Action]]:
     """The program as compute actions and batches of consecutive SEND/RECV (posted together).
-
-    With ``recv_lookahead`` > 0 every receive moves that many compute actions earlier (None: to
-    the start), so that the sender's data can land while this rank still computes. Posting a
-    receive early never blocks and the consumer still waits for it where it is used, so this is
-    safe when messages are matched by tag (gloo); NCCL matches by order, so it keeps 0.
-    """
+    Where each receive goes is ``ir.lower``'s choice (as early as the per-peer order allows on
+    gloo, `prepare_schedule`'s ``early_recvs``); the executor keeps the program's order."""
     items: list[Action | list[Action]] = []
     for action in program:
         if action.op.is_comm and items and isinstance(items[-1], list):
             items[-1].append(action)
         else:
             items.append([action] if action.op.is_comm else action)
-    if recv_lookahead == 0:
-        return items
-    out: list[Action | list[Action]] = []
-    computes = 0  # compute actions placed so far
-    bins: dict[int, list[Action]] = {}  # compute count -> receives to post before that compute
-    for item in items:
-        if isinstance(item, list):
-            for action in item:
-                if action.op in (Op.RECV_F, Op.RECV_B):
-                    at = 0 if recv_lookahead is None else max(0, computes - recv_lookahead)
-                    bins.setdefault(at, []).append(action)
-                else:
-                    bins.setdefault(computes, []).append(action)
-            continue
-        computes += 1
-    # second pass: emit each compute after the batch posted before it
-    computes = 0
-    for item in items:
-        if isinstance(item, list):
-            continue
-        if computes in bins:
-            out.append(bins.pop(computes))
-        out.append(item)
-        computes += 1
-    if computes in bins:
-        out.append(bins.pop(computes))
-    return out
+    return items
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +252,10 @@ class RankExecutor:
         seed: base of the per-unit RNG seeds (`unit_seed`).
         sync: waits for the device (CUDA): at the end of a step, and after every action when
             spans are recorded (so a traced step is serialised); None on CPU.
-        recv_lookahead: post each receive this many compute actions before the program does
-            (None: all at the step's start); see `comm_batches`.
     """
 
     def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner], mailbox: Mailbox,
-                 tracker: MemoryTracker, seed: int = 0, sync: Callable[[], None] | None = None,
-                 recv_lookahead: int | None = 0) -> None:
+                 tracker: MemoryTracker, seed: int = 0, sync: Callable[[], None] | None = None) -> None:
         self.schedule = schedule
         self.rank = rank
         self.program = schedule.ranks[rank]
@@ -232,7 +267,7 @@ class RankExecutor:
         self.last = schedule.num_stages - 1
         self._recomputed = {a.unit for a in self.program if a.op is Op.R}
         self._split = {a.unit for a in self.program if a.op is Op.B}
-        self._plan = comm_batches(self.program, recv_lookahead)
+        self._plan = comm_batches(self.program)
         self._handlers: dict[Op, Callable[[Action], None]] = {
             Op.F: self._forward, Op.R: self._recompute, Op.B: self._backward_input, Op.W: self._backward_weight,
             Op.BW: self._backward_full, Op.OFFLOAD: self._offload, Op.RELOAD: self._reload,
@@ -249,6 +284,7 @@ class RankExecutor:
         self._fwd: dict[tuple[int, int, int], Tensor] = {}  # stage input handed over on this rank
         self._bwd: dict[tuple[int, int, int], Tensor] = {}  # output gradient handed over on this rank
         self._loss = None
+        self.unit_losses: dict[tuple[int, int], Tensor] = {}  # (microbatch, slice) -> scaled loss
         spans: list[SpanRecord] = []
         self.tracker.reset()
         clock = time.perf_counter
@@ -291,10 +327,11 @@ class RankExecutor:
         out = runner.forward(unit)
         if s == self.last:
             self._loss = out.detach() if self._loss is None else self._loss + out.detach()
+            self.unit_losses[(i, j)] = out.detach()
         elif self._local(s + 1):
             self._fwd[(s + 1, i, j)] = out
         else:
-            self.mailbox.outbox[a.with_op(Op.SEND_F)] = out
+            self.mailbox.outbox[a.with_op(Op.SEND_F)] = tensor_leaves(out)
 
     def _recompute(self, a: Action) -> None:
         # "R waits for the unit's incoming gradient" (ir.deps): have it before re-making activations
@@ -325,16 +362,17 @@ class RankExecutor:
     def _local(self, stage: int) -> bool:
         return self.schedule.placement.rank_of(stage) == self.rank
 
-    def _stage_input(self, a: Action) -> Tensor:
+    def _stage_input(self, a: Action) -> Any:
         s, i, j = a.unit
         if s == 0:
             return self._inputs[i][j]
         if self._local(s - 1):
             return self._fwd.pop((s, i, j))
-        return self.mailbox.take(a.with_op(Op.RECV_F))
+        return rebuild(self.mailbox.shapes[s - 1][j], self.mailbox.take(a.with_op(Op.RECV_F)))
 
-    def _output_grad(self, a: Action, keep: bool = False) -> Tensor | None:
-        """The gradient of the unit's output (None on the last stage); ``keep`` leaves it for B."""
+    def _output_grad(self, a: Action, keep: bool = False) -> list[Tensor] | None:
+        """The gradients of the unit's output tensors (None on the last stage); ``keep`` leaves
+        them for B."""
         s, i, j = a.unit
         if s == self.last:
             return None
@@ -345,7 +383,7 @@ class RankExecutor:
             self._bwd[key] = self.mailbox.take(a.with_op(Op.RECV_B))
         return self._bwd[key] if keep else self._bwd.pop(key)
 
-    def _emit_grad(self, a: Action, grad: Tensor | None) -> None:
+    def _emit_grad(self, a: Action, grad: list[Tensor] | None) -> None:
         s, i, j = a.unit
         if s == 0:
             return

@@ -142,7 +142,7 @@ class UnitMemory:
         handles: every `Packed` handle, in the order the forward saved them.
         recording: while not None, the indices of the handles unpacked (how the probe learns
             which saved tensors W reads).
-        kept: key of the stage input a recomputed unit keeps instead of its activations.
+        kept: keys of the stage input's tensors a recomputed unit keeps instead of its activations.
     """
 
     def __init__(self, tracker: MemoryTracker, weights: frozenset[int], label: str) -> None:
@@ -151,7 +151,7 @@ class UnitMemory:
         self.label = label
         self.handles: list[Packed] = []
         self.recording: set[int] | None = None
-        self.kept: int | None = None
+        self.kept: list[int] | None = None
         self.reload_event: Any = None
         self.offloaded = False
 
@@ -184,13 +184,14 @@ class UnitMemory:
     def count(self) -> int:
         return len(self.handles)
 
-    def keep_input(self, tensor: Tensor) -> None:
-        """Count the stage input a recomputed unit keeps (DESIGN.md: F holds ``inp``)."""
-        self.kept = self._tracker.hold(tensor)
+    def keep_input(self, tensors: Tensor | Iterable[Tensor]) -> None:
+        """Count the stage input (its tensors) a recomputed unit keeps (DESIGN.md: F holds ``inp``)."""
+        self.kept = [self._tracker.hold(t) for t in ([tensors] if isinstance(tensors, Tensor) else tensors)]
 
     def drop_input(self) -> None:
         if self.kept is not None:
-            self._tracker.drop(self.kept)
+            for key in self.kept:
+                self._tracker.drop(key)
             self.kept = None
 
     def release(self, keep: Iterable[int] = ()) -> None:

@@ -19,14 +19,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from backends.torch_exec.backward import WeightWork, backward_full, backward_input, backward_weight
+from backends.torch_exec.boundary import detach, grad_leaves, input_leaves, tensor_leaves
 from backends.torch_exec.memory import Copier, MemoryTracker, UnitMemory
 from backends.torch_exec.model import SliceIO
-from backends.torch_exec.stages import StageModule
+from backends.torch_exec.stages import StageModule, autocast_context, copied_leaves
 
 __all__ = ["KVChain", "StageRunner", "Unit", "WeightPlan", "unit_seed"]
 
@@ -61,24 +63,25 @@ class Unit:
     """The state of one unit between its passes.
 
     Attributes:
-        x: the stage input as it arrived (token ids on the first stage); a recomputed unit
-            keeps it until B.
+        x: the stage input as it arrived (token ids on the first stage; a tensor or a pytree of
+            them, `backends.torch_exec.boundary`); a recomputed unit keeps it until B.
         target: the loss target (last stage only).
         recompute: F keeps only ``x``; R rebuilds the graph just before B.
         split: the unit's backward is B then W (not BW); on the first stage, F then cuts the
             graph after the first layer (``StageModule.run``), which a fused backward does not need.
-        roots: what B starts from: the output (or the loss), then this slice's K/V if later
-            slices read them.
-        inputs: what B differentiates: the stage input leaf (the first layer's output on the
-            first stage), then the earlier slices' K/V leaves.
+        roots: what B starts from: the output's floating-point tensors (or the loss), then this
+            slice's K/V if later slices read them.
+        inputs: what B differentiates: the stage input's floating-point leaves (the first layer's
+            output on the first stage), then the earlier slices' K/V leaves.
+        n_roots, n_inputs: how many of ``roots`` and ``inputs`` are the output and the input.
     """
 
     stage: int
     microbatch: int
     slice: int
     memory: UnitMemory
-    x: Tensor
-    target: Tensor | None
+    x: Any
+    target: Any
     seed: int
     recompute: bool = False
     chain: KVChain | None = None
@@ -87,10 +90,12 @@ class Unit:
     inputs: list[Tensor] = field(default_factory=list)
     root_slots: list[tuple[int, int]] = field(default_factory=list)  # (layer, k or v) of roots[1:]
     input_slots: list[tuple[int, int, int]] = field(default_factory=list)  # (slice, layer, k or v) of inputs[1:]
+    n_roots: int = 0
+    n_inputs: int = 0
     work: WeightWork | None = None
     loss: Tensor | None = None
-    first: Tensor | None = None  # first stage: its first layer's output, which W finishes from
-    first_grad: Tensor | None = None
+    first: list[Tensor] | None = None  # first stage: its first layer's output, which W finishes from
+    first_grad: list[Tensor | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +119,14 @@ class StageRunner:
         seq_dim: the dim of stage inputs that slices cut (only used when k > 1).
         tracker, copier: memory accounting and host copies of the rank.
         lengths: tokens of each slice (None: equal slices); slice j starts at the sum of the earlier ones.
+        autocast: forward passes (F, R) run under ``torch.autocast`` with this dtype (None: none).
     """
 
-    def __init__(self, module: StageModule, loss_fn: Callable[[Tensor, Tensor], Tensor], loss_scale: float,
+    def __init__(self, module: StageModule, loss_fn: Callable[[Any, Any], Tensor], loss_scale: float,
                  k: int, tracker: MemoryTracker, copier: Copier, seq_dim: int | None = None,
-                 lengths: Sequence[int] | None = None) -> None:
+                 lengths: Sequence[int] | None = None, autocast: torch.dtype | None = None) -> None:
         self.module = module
+        self.autocast = autocast
         self.seq_dim = seq_dim
         self.offsets = None if lengths is None else [sum(lengths[:j]) for j in range(len(lengths))]
         self.scales = [loss_scale] * k if lengths is None else [loss_scale * k * n / sum(lengths) for n in lengths]
@@ -135,23 +142,28 @@ class StageRunner:
         self._generator = (torch.cuda.default_generators[device.index or 0] if device.type == "cuda"
                            else torch.default_generator)
 
-    def new_unit(self, microbatch: int, slice_: int, x: Tensor, target: Tensor | None, seed: int,
+    def new_unit(self, microbatch: int, slice_: int, x: Any, target: Any, seed: int,
                  *, recompute: bool = False, chain: KVChain | None = None, split: bool = True) -> Unit:
-        label = f"({self.module.index},{microbatch},{slice_})"
-        memory = UnitMemory(self.tracker, self._weights, label)
-        return Unit(self.module.index, microbatch, slice_, memory, x, target, seed, recompute, chain, split=split)
+        return Unit(self.module.index, microbatch, slice_, self._memory(microbatch, slice_), x, target, seed,
+                    recompute, chain, split=split)
+
+    def _memory(self, microbatch: int, slice_: int) -> UnitMemory:
+        return UnitMemory(self.tracker, self._weights, f"({self.module.index},{microbatch},{slice_})")
+
+    def _autocast(self) -> Any:
+        return autocast_context(self.copier.device.type, self.autocast)
 
     # ------------------------------------------------------------------ forward passes
 
-    def forward(self, unit: Unit) -> Tensor:
+    def forward(self, unit: Unit) -> Any:
         """F: the unit's output (detached, to pass on) or, on the last stage, its scaled loss.
         A unit to be recomputed runs without a graph and keeps only its input."""
         if not unit.recompute:
             return self._forward_with_graph(unit)
-        unit.memory.keep_input(unit.x)
+        unit.memory.keep_input(tensor_leaves(unit.x))
         slices = self._slice_io(unit, leaves=False)
         self._seed(unit)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             out, _, _ = self.module.run(unit.x, slices)
             if self.module.is_last:
                 unit.loss = self.loss_fn(out, unit.target) * self.scales[unit.slice]
@@ -162,21 +174,37 @@ class StageRunner:
         """R: rebuild the graph of a unit whose F kept only its input (same seed, so the same dropout)."""
         self._forward_with_graph(unit)
 
-    def _forward_with_graph(self, unit: Unit) -> Tensor:
+    def _forward_with_graph(self, unit: Unit) -> Any:
+        try:
+            return self._forward_graph(unit)
+        except RuntimeError as exc:
+            # an in-place op on the leaf B stops at (the stage input, or the first layer's output on
+            # the first stage): copy that leaf from now on (StageModule.copy_leaves) and run again
+            if "leaf Variable that requires grad" not in str(exc) or self.module.copy_leaves:
+                raise
+            unit.memory.release()
+            unit.memory = self._memory(unit.microbatch, unit.slice)
+            self.module.copy_leaves = True
+            return self._forward_graph(unit)
+
+    def _forward_graph(self, unit: Unit) -> Any:
         first_stage = self.module.is_first
         cut = first_stage and unit.split
-        inp = unit.x if first_stage else unit.x.detach().requires_grad_()
+        inp, leaves = (unit.x, []) if first_stage else input_leaves(unit.x)
+        if leaves and self.module.copy_leaves:
+            inp = copied_leaves(inp)
         slices = self._slice_io(unit, leaves=True)
         self._seed(unit)
-        with unit.memory.hooks():
-            out, unit.first, leaf = self.module.run(inp, slices, cut=cut)
+        with unit.memory.hooks(), self._autocast():
+            out, unit.first, cut_leaves = self.module.run(inp, slices, cut=cut)
             if self.module.is_last:
                 unit.loss = self.loss_fn(out, unit.target) * self.scales[unit.slice]
         if first_stage and slices and slices[0].present is not None:
             raise ValueError("the model's first layer carries keys/values across slices; the first stage's first "
                              "layer must not (its backward runs in W), so put an embedding first")
-        unit.roots = [unit.loss if self.module.is_last else out]
-        unit.inputs = [leaf if cut else inp]
+        unit.roots = [unit.loss] if self.module.is_last else grad_leaves(out)
+        unit.inputs = list(cut_leaves if cut else leaves)
+        unit.n_roots, unit.n_inputs = len(unit.roots), len(unit.inputs)
         if slices is not None:
             unit.input_slots = [(j, n, kv) for n, sl in enumerate(slices) if sl.past
                                 for j in range(unit.slice) for kv in (0, 1)]
@@ -185,7 +213,7 @@ class StageRunner:
                 unit.root_slots = [(n, kv) for n, sl in enumerate(slices) if sl.present is not None for kv in (0, 1)]
                 unit.roots += [slices[n].present[kv] for n, kv in unit.root_slots]
             self._store_presents(unit, slices)
-        return unit.loss if self.module.is_last else out.detach()
+        return unit.loss if self.module.is_last else detach(out)
 
     def _slice_io(self, unit: Unit, *, leaves: bool) -> list[SliceIO] | None:
         """One `SliceIO` per slice-aware layer: the slice's offset and the earlier slices' K/V
@@ -216,22 +244,30 @@ class StageRunner:
 
     # ------------------------------------------------------------------ backward passes
 
-    def _root_grads(self, unit: Unit, grad_out: Tensor | None) -> list[Tensor | None]:
-        grads: list[Tensor | None] = [grad_out]
+    def _root_grads(self, unit: Unit, grad_out: list[Tensor] | Tensor | None) -> list[Tensor | None]:
+        """The gradient of each root: ``grad_out`` (one per floating-point output tensor, or the
+        tensor of a single-tensor output; None on the last stage, whose root is the loss), then
+        the K/V gradients later slices sent."""
+        if isinstance(grad_out, Tensor):
+            grad_out = [grad_out]
+        grads: list[Tensor | None] = [None] if grad_out is None else list(grad_out)
+        if len(grads) != unit.n_roots:
+            raise RuntimeError(f"stage {unit.stage}: {len(grads)} output gradient(s) arrived for "
+                               f"{unit.n_roots} floating-point output tensor(s)")
         if unit.root_slots:
             sent = unit.chain.grads.pop(unit.slice, {})
             # a key or value no later slice reached (zero gradient) still needs a tensor to start from
             grads += [sent.get(slot) if slot in sent else torch.zeros_like(root)
-                      for slot, root in zip(unit.root_slots, unit.roots[1:], strict=True)]
+                      for slot, root in zip(unit.root_slots, unit.roots[unit.n_roots:], strict=True)]
         return grads
 
-    def backward_input(self, unit: Unit, grad_out: Tensor | None) -> Tensor | None:
-        """B: the stage-input gradient (None on the first stage); frees what W will not read."""
+    def backward_input(self, unit: Unit, grad_out: list[Tensor] | None) -> list[Tensor] | None:
+        """B: the stage-input gradients (None on the first stage); frees what W will not read."""
         unit.memory.wait_reload()
         grads, unit.work = backward_input(unit.roots, self._root_grads(unit, grad_out), unit.inputs, self.params)
         self._pass_kv_grads(unit, grads)
         if unit.first is not None:
-            unit.first_grad = grads[0]
+            unit.first_grad = grads[:unit.n_inputs]
         plan = self.plans.get(unit.slice)
         if plan is not None and plan.count == unit.memory.count:
             unit.memory.release(plan.keep)
@@ -245,13 +281,13 @@ class StageRunner:
         self._finish_first_layer(unit)
         unit.memory.release()
 
-    def backward_full(self, unit: Unit, grad_out: Tensor | None) -> Tensor | None:
-        """BW: B and W in one pass; returns the stage-input gradient (None on the first stage)."""
+    def backward_full(self, unit: Unit, grad_out: list[Tensor] | None) -> list[Tensor] | None:
+        """BW: B and W in one pass; returns the stage-input gradients (None on the first stage)."""
         unit.memory.wait_reload()
         grads = backward_full(unit.roots, self._root_grads(unit, grad_out), unit.inputs)
         self._pass_kv_grads(unit, grads)
         if unit.first is not None:
-            unit.first_grad = grads[0]
+            unit.first_grad = grads[:unit.n_inputs]
             self._finish_first_layer(unit)
         unit.memory.release()
         unit.memory.drop_input()
@@ -260,16 +296,21 @@ class StageRunner:
     def _finish_first_layer(self, unit: Unit) -> None:
         """The first stage's first layer (its input is data): all of its backward is weight gradient."""
         if unit.first is not None:
-            if unit.first_grad is not None and unit.first.grad_fn is not None:
-                torch.autograd.backward([unit.first], [unit.first_grad])
+            pairs = [(t, g) for t, g in zip(unit.first, unit.first_grad or [None] * len(unit.first), strict=True)
+                     if g is not None and t.grad_fn is not None]
+            if pairs:
+                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
             unit.first = unit.first_grad = None
 
     def _pass_kv_grads(self, unit: Unit, grads: list[Tensor | None]) -> None:
-        for (j, n, kv), grad in zip(unit.input_slots, grads[1:], strict=True):
+        for (j, n, kv), grad in zip(unit.input_slots, grads[unit.n_inputs:], strict=True):
             unit.chain.add_grad(j, (n, kv), grad)
 
-    def _input_grad(self, unit: Unit, grads: list[Tensor | None]) -> Tensor | None:
-        grad = None if self.module.is_first else grads[0]
+    def _input_grad(self, unit: Unit, grads: list[Tensor | None]) -> list[Tensor] | None:
+        # an input leaf the stage did not use still gets a (zero) gradient: the sender expects one per leaf
+        grad = None if self.module.is_first else [
+            torch.zeros_like(t) if g is None else g
+            for t, g in zip(unit.inputs[:unit.n_inputs], grads[:unit.n_inputs], strict=True)]
         unit.roots, unit.inputs, unit.root_slots, unit.input_slots = [], [], [], []
         if unit.chain is not None:  # later slices, whose F and R read this K/V, are past their B
             unit.chain.presents.pop(unit.slice, None)

@@ -10,9 +10,10 @@ plan), so what it measures is what the executor will hold and do:
   ``wact`` still held after B (what W reads), ``inp`` what a recomputed unit keeps (its input).
 
 With ``k > 1`` every slice is profiled in order (later slices attend over more keys and values,
-so they cost more). Comm latency is not measured: pass ``comm``. With a ``placement``,
-``static`` is the bytes of the weights and their gradients on each rank (SGD keeps no other
-state). DESIGN.md names this module as the profiled-model source of costs.
+so they cost more). Comm latency is not measured here: pass ``comm`` (`p2p_latency` measures one
+boundary message between two ranks). With a ``placement``, ``static`` is the bytes of the weights
+and their gradients on each rank (SGD keeps no other state). DESIGN.md names this module as the
+profiled-model source of costs.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ import time
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from backends.torch_exec.executor import split_batch
 from backends.torch_exec.memory import Copier, MemoryTracker
 from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import KVChain, StageRunner
-from backends.torch_exec.stages import StageModule, TensorMeta, boundary_shapes, build_stages
-from backends.torch_exec.worker import learn_weight_plans
+from backends.torch_exec.stages import Boundary, StageModule, TensorMeta, boundary_shapes, build_stages
+from backends.torch_exec.worker import first_microbatch, learn_weight_plans, ones_grads, probe_inputs, to_device
 from ir import Costs, Placement, UnitCost
 
-__all__ = ["profile_costs"]
+__all__ = ["p2p_latency", "profile_costs"]
 
 
 def profile_costs(
@@ -52,12 +54,12 @@ def profile_costs(
     """
     dev = torch.device(device)
     modules = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers, device=dev)
-    inputs, targets = (t.to(dev) for t in spec.make_batch(microbatch_size, 0))
-    xs, ys = split_batch(inputs, 1, k, spec.seq_dim)[0], split_batch(targets, 1, k, spec.seq_dim)[0]
-    shapes = boundary_shapes(spec, num_stages, inputs, k=k, stage_layers=stage_layers)
+    inputs, targets = (to_device(t, dev) for t in spec.make_batch(microbatch_size, 0))
+    xs, ys = split_batch(inputs, 1, k, spec.seq_dim), split_batch(targets, 1, k, spec.seq_dim)[0]
+    shapes = boundary_shapes(spec, num_stages, first_microbatch(inputs, 1), k=k, stage_layers=stage_layers)
     rows = []
     for s, module in modules.items():
-        stage_in = xs if s == 0 else [_random(meta, dev, seed=s) for meta in shapes[s - 1]]
+        stage_in = probe_inputs(s, shapes, xs, dev)
         out_meta = shapes[s] if s < num_stages - 1 else None
         rows.append(_profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm))
     static = ()
@@ -67,18 +69,14 @@ def profile_costs(
     return Costs(tuple(rows), static)
 
 
-def _random(meta: TensorMeta, device: torch.device, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(meta.shape, generator=gen).to(device=device, dtype=meta.dtype)
-
-
-def _profile_stage(module: StageModule, spec: ModelSpec, xs: list[Tensor], ys: list[Tensor],
-                   out_meta: list[TensorMeta] | None, m: int, k: int, repeats: int, warmup: int, comm: float
+def _profile_stage(module: StageModule, spec: ModelSpec, xs: list, ys: list,
+                   out_meta: list[Boundary] | None, m: int, k: int, repeats: int, warmup: int, comm: float
                    ) -> tuple[UnitCost, ...]:
     tracker = MemoryTracker()
-    runner = StageRunner(module, spec.loss_fn, 1.0 / (m * k), k, tracker, Copier(xs[0].device), spec.seq_dim)
+    device = next(iter(module.parameters())).device
+    runner = StageRunner(module, spec.loss_fn, 1.0 / (m * k), k, tracker, Copier(device), spec.seq_dim)
     learn_weight_plans(runner, xs, ys, out_meta)
-    sync = torch.cuda.synchronize if xs[0].device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     samples: list[dict[str, list[float]]] = [{} for _ in range(k)]
     for n in range(warmup + repeats):
         keep = n >= warmup
@@ -89,7 +87,8 @@ def _profile_stage(module: StageModule, spec: ModelSpec, xs: list[Tensor], ys: l
         p.grad = None
     med = [{key: statistics.median(values) for key, values in row.items()} for row in samples]
     return tuple(UnitCost(f=r["f"] * 1e3, b=r["b"] * 1e3, w=r["w"] * 1e3, bw=r["bw"] * 1e3, r=r["r"] * 1e3,
-                          act=r["act"], wact=min(r["wact"], r["act"]), inp=r["inp"], comm=comm) for r in med)
+                          act=r["act"], wact=min(r["wact"], r["act"]), inp=min(r["inp"], r["act"]), comm=comm)
+                 for r in med)
 
 
 def _units(runner: StageRunner, xs: list[Tensor], ys: list[Tensor], recompute: bool = False, split: bool = True
@@ -99,11 +98,8 @@ def _units(runner: StageRunner, xs: list[Tensor], ys: list[Tensor], recompute: b
             for j, (x, y) in enumerate(zip(xs, ys, strict=True))]
 
 
-def _grad(out_meta: list[TensorMeta] | None, slice_: int, device: torch.device) -> Tensor | None:
-    if out_meta is None:
-        return None
-    meta = out_meta[slice_]
-    return torch.ones(meta.shape, dtype=meta.dtype, device=device)
+def _grad(out_meta: list[Boundary] | None, slice_: int, device: torch.device) -> list[Tensor] | None:
+    return None if out_meta is None else ones_grads(out_meta[slice_], device)
 
 
 def _timed(fn, sync) -> float:
@@ -128,7 +124,7 @@ def _split_round(runner, xs, ys, out_meta, tracker, sync, samples) -> None:
         _put(samples, unit.slice, "act", tracker.level - before)
     for unit in reversed(units):
         held = tracker.level
-        grad = _grad(out_meta, unit.slice, xs[0].device)
+        grad = _grad(out_meta, unit.slice, runner.copier.device)
         _put(samples, unit.slice, "b", _timed(lambda u=unit, g=grad: runner.backward_input(u, g), sync))
         _put(samples, unit.slice, "freed_b", held - tracker.level)
     for unit in units:
@@ -142,7 +138,7 @@ def _fused_round(runner, xs, ys, out_meta, sync, samples) -> None:
     for unit in units:
         runner.forward(unit)
     for unit in reversed(units):
-        grad = _grad(out_meta, unit.slice, xs[0].device)
+        grad = _grad(out_meta, unit.slice, runner.copier.device)
         _put(samples, unit.slice, "bw", _timed(lambda u=unit, g=grad: runner.backward_full(u, g), sync))
 
 
@@ -155,4 +151,47 @@ def _recompute_round(runner, xs, ys, tracker, sync, samples) -> None:
         _put(samples, unit.slice, "inp", tracker.level - before)
     for unit in reversed(units):
         _put(samples, unit.slice, "r", _timed(lambda u=unit: runner.recompute(u), sync))
-        runner.backward_full(unit, None if runner.module.is_last else torch.ones_like(unit.roots[0]))
+        runner.backward_full(unit, None if runner.module.is_last else
+                             [torch.ones_like(r) for r in unit.roots[:unit.n_roots]])
+
+
+def p2p_latency(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
+                device: str | torch.device = "cpu", group=None) -> float:
+    """One boundary message's one-way time (ms) between this rank and ``peer``, measured: half the
+    median round trip of a ping-pong, each leg posted as the executor's ``Mailbox`` posts a message
+    (one ``batch_isend_irecv``, one op per tensor of ``metas``; the same tensors travel back, as a
+    boundary's gradient does). This is what to pass as ``profile_costs(comm=...)``: ``ir.simulate``
+    adds it to every cross-rank boundary edge. Both ranks call it (the lower one pings); both get the
+    lower rank's measurement.
+
+    Args:
+        metas: the tensors of one boundary message (e.g. ``boundary_shapes(...)[s][j].tensors``).
+        repeats, warmup: timed and untimed round trips.
+        group: the process group holding both ranks (None: the world); ranks are its global ranks.
+    """
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    out = [torch.ones(m.shape, dtype=m.dtype, device=dev) for m in metas]
+    back = [torch.empty(m.shape, dtype=m.dtype, device=dev) for m in metas]
+
+    def leg(op, tensors: list[Tensor]) -> None:
+        for work in dist.batch_isend_irecv([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)]):
+            work.wait()
+
+    pinger = rank < peer
+    samples = []
+    for n in range(warmup + repeats):
+        sync()
+        start = time.perf_counter()
+        if pinger:
+            leg(dist.isend, out)
+            leg(dist.irecv, back)
+        else:
+            leg(dist.irecv, back)
+            leg(dist.isend, out)
+        sync()
+        if n >= warmup:
+            samples.append(time.perf_counter() - start)
+    result = torch.tensor([statistics.median(samples) * 1e3 / 2], dtype=torch.float64, device=dev)
+    leg(dist.isend if pinger else dist.irecv, [result])
+    return float(result.item())

@@ -49,7 +49,7 @@ def reference_step(
     tokens of each of the ``k`` slices (None: equal slices).
     """
     stages = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers)
-    params = [p for st in stages.values() for p in st.parameters()]
+    params = list({id(p): p for st in stages.values() for p in st.parameters()}.values())  # a tied tensor once
     inputs, targets = spec.make_batch(batch_size, data_seed)
     first = None
     adam = torch.optim.Adam(params, lr=lr) if optimizer != "sgd" and lr > 0 else None

@@ -9,29 +9,24 @@ exchange. The per-unit passes over a stage live in ``backends.torch_exec.passes`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
+from backends.torch_exec.boundary import Boundary, TensorMeta, call_layer, describe, grad_leaves, input_leaves
 from backends.torch_exec.model import ModelSpec, SliceIO
 
-__all__ = ["StageCountError", "StageModule", "TensorMeta", "boundary_shapes", "build_stages", "check_stage_count",
-           "fingerprint", "partition", "stage_modules"]
+__all__ = ["Boundary", "StageCountError", "StageModule", "TensorMeta", "autocast_context", "boundary_shapes",
+           "build_stages", "check_stage_count", "fingerprint", "partition", "stage_modules"]
 
 
 class StageCountError(ValueError):
     """The model cannot be split into the schedule's number of stages."""
-
-
-@dataclass(frozen=True, slots=True)
-class TensorMeta:
-    """Shape and dtype of a boundary tensor (one unit's stage output)."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
 
 
 def partition(
@@ -80,6 +75,10 @@ class StageModule(nn.Module):
         num_stages: S.
         layer_ids: the model-wide index of each layer (parameter names use it).
         num_slice_layers: how many of its layers take a `SliceIO` (K/V carried between slices).
+        copy_leaves: a layer modifies the leaf B stops at in place (the stage's input, or on the
+            first stage the first layer's output), so that leaf is copied before the layers run
+            on it (set by `StageRunner` the first time the in-place op fails; torch's runtime
+            fails there).
     """
 
     def __init__(self, index: int, num_stages: int, layers: Sequence[nn.Module], layer_ids: Sequence[int]) -> None:
@@ -91,6 +90,7 @@ class StageModule(nn.Module):
         self._slice_aware = tuple(bool(getattr(layer, "slice_aware", False)) for layer in layers)
         self.num_slice_layers = sum(self._slice_aware)
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules())
+        self.copy_leaves = False
 
     @property
     def is_first(self) -> bool:
@@ -100,22 +100,26 @@ class StageModule(nn.Module):
     def is_last(self) -> bool:
         return self.index == self.num_stages - 1
 
-    def run(self, x: Tensor, slices: list[SliceIO] | None = None, *, cut: bool = False
-            ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``(output, first, leaf)``. With ``cut`` (the first stage: its input is data, so its
-        backward-for-inputs has nothing to reach), the first layer's output ``first`` is detached
-        into the leaf ``leaf`` the other layers run on; B then stops at ``leaf`` and W finishes
-        the first layer from ``first``. Without ``cut``, ``first`` and ``leaf`` are None."""
+    def run(self, x: Any, slices: list[SliceIO] | None = None, *, cut: bool = False
+            ) -> tuple[Any, list[Tensor] | None, list[Tensor] | None]:
+        """``(output, first, leaves)``. With ``cut`` (the first stage: its input is data, so its
+        backward-for-inputs has nothing to reach), the first layer's output is detached into fresh
+        leaves the other layers run on; ``first`` are its floating-point tensors and ``leaves``
+        their detached copies. B then stops at ``leaves`` and W finishes the first layer from
+        ``first``. Without ``cut``, ``first`` and ``leaves`` are None. Values between layers may
+        be tensors, tuples, lists or dicts of them (`call_layer`)."""
         it = iter(slices) if slices is not None else None
-        first = leaf = None
+        first = leaves = None
         for n, (layer, aware) in enumerate(zip(self.layers, self._slice_aware, strict=True)):
-            x = layer(x, next(it)) if aware and it is not None else layer(x)
+            x = call_layer(layer, x, next(it) if aware and it is not None else None)
             if n == 0 and cut:
-                first, x = x, x.detach().requires_grad_()
-                leaf = x
-        return x, first, leaf
+                first = grad_leaves(x)
+                x, leaves = input_leaves(x)
+                if self.copy_leaves:  # an in-place op next would modify a leaf that requires grad
+                    x = copied_leaves(x)
+        return x, first, leaves
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Any) -> Any:
         out, _, _ = self.run(x)
         return out
 
@@ -126,6 +130,12 @@ class StageModule(nn.Module):
             for gid, layer in zip(self.layer_ids, self.layers, strict=True)
             for name, param in layer.named_parameters()
         ]
+
+
+def copied_leaves(value: Any) -> Any:
+    """``value`` with each tensor that requires grad replaced by a copy (autograd-tracked), so that
+    an in-place op modifies the copy, not the leaf."""
+    return pytree.tree_map_only(Tensor, lambda t: t.clone() if t.requires_grad else t, value)
 
 
 def check_stage_count(spec: ModelSpec, num_stages: int, stage_layers: Sequence[int] | None = None) -> None:
@@ -172,33 +182,44 @@ def fingerprint(layers: Sequence[nn.Module]) -> str:
 
 
 def boundary_shapes(
-    spec: ModelSpec, num_stages: int, microbatch: Tensor, *, k: int = 1, stage_layers: Sequence[int] | None = None,
+    spec: ModelSpec, num_stages: int, microbatch: Any, *, k: int = 1, stage_layers: Sequence[int] | None = None,
     lengths: Sequence[int] | None = None,
-) -> list[list[TensorMeta]]:
+) -> list[list[Boundary]]:
     """``out[s][j]``: the output of stage s (every stage but the last) for slice j of a microbatch
     (j = 0 only when k = 1), found by running the whole model on the meta device (no compute, no
-    comms), once per distinct slice length.
+    comms), once per distinct slice length. The run is under ``FakeTensorMode`` too, so that a
+    layer that reads a value (Hugging Face's mask helpers call ``.item()``) sees a traced tensor.
 
     Args:
-        microbatch: one microbatch of inputs (any device; only its shape and dtype are used).
+        microbatch: one microbatch of inputs, a tensor or a pytree of them (any device; only
+            shapes and dtypes are used).
         lengths: tokens of each of the k slices (None: equal slices).
     """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     with torch.device("meta"):
         stages = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers, device="meta")
     if k == 1:
         lengths = [None]
     elif lengths is None:
         lengths = [microbatch.shape[spec.seq_dim] // k] * k
-    by_length: dict[int | None, list[TensorMeta]] = {}
+    by_length: dict[int | None, list[Boundary]] = {}
     for n in dict.fromkeys(lengths):
-        x = torch.empty(microbatch.shape, dtype=microbatch.dtype, device="meta")
-        if n is not None:
-            x = x.narrow(spec.seq_dim, 0, n)
         metas = []
-        with torch.no_grad():
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+            x = pytree.tree_map_only(Tensor, lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta"), microbatch)
+            if n is not None:
+                x = x.narrow(spec.seq_dim, 0, n)
             for s in range(num_stages - 1):
                 slices = [SliceIO(0) for _ in range(stages[s].num_slice_layers)] if n is not None else None
                 x, _, _ = stages[s].run(x, slices)
-                metas.append(TensorMeta(tuple(x.shape), x.dtype))
+                metas.append(describe(x))
         by_length[n] = metas
     return [[by_length[n][s] for n in lengths] for s in range(num_stages - 1)]
+
+
+def autocast_context(device_type: str, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast(device_type, dtype)``, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)

@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
+from backends.torch_exec.boundary import Boundary, stand_in
 from backends.torch_exec.comms import CommError, Mailbox
-from backends.torch_exec.executor import ExecutorError, RankExecutor, StepRecord, prepare_schedule, split_batch
+from backends.torch_exec.executor import (
+    ExecutorError,
+    RankExecutor,
+    StepRecord,
+    TiedGrads,
+    prepare_schedule,
+    split_batch,
+)
 from backends.torch_exec.memory import Copier, MemoryTracker
 from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.optim import OPTIMIZERS, make_optimizer
 from backends.torch_exec.passes import KVChain, StageRunner, WeightPlan
-from backends.torch_exec.stages import StageCountError, TensorMeta, boundary_shapes, fingerprint, stage_modules
+from backends.torch_exec.stages import StageCountError, boundary_shapes, fingerprint, partition, stage_modules
 from ir import Schedule
 
 __all__ = ["RankResult", "RunConfig", "check_same_weights", "learn_weight_plans", "make_runners", "run_rank"]
@@ -45,8 +55,6 @@ class RunConfig:
         keep_grads: return the gradients of the first step (before its update).
         keep_params: return the parameters after the last step.
         device: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, one GPU per process).
-        recv_lookahead: on gloo, post each receive this many compute actions before the lowered
-            program does (None: all at the step's start); NCCL always keeps the program's order.
         optimizer: "sgd", "adam", or "host-adam" (Adam's state and fp32 master weights on the host,
             ``backends.torch_exec.optim``), applied after every step at ``lr``.
         slice_lengths: tokens of each sequence slice (k values summing to the model's sequence
@@ -67,7 +75,6 @@ class RunConfig:
     keep_grads: bool = False
     keep_params: bool = False
     device: str = "cpu"
-    recv_lookahead: int | None = 2
     slice_lengths: tuple[int, ...] | None = None
     optimizer: str = "sgd"
 
@@ -101,10 +108,11 @@ class RankResult:
     params: dict[str, Tensor] | None = None
 
 
-def make_runners(cfg: RunConfig, stages: tuple[int, ...], device: torch.device, tracker: MemoryTracker
-                 ) -> tuple[dict[int, StageRunner], str]:
-    """A `StageRunner` per stage of ``stages`` (one rank's), and the `fingerprint` of the whole
-    model's weights as this rank built them."""
+def make_runners(cfg: RunConfig, stages: tuple[int, ...], device: torch.device, tracker: MemoryTracker, *,
+                 rank: int = 0, world_size: int = 1) -> tuple[dict[int, StageRunner], str, TiedGrads]:
+    """A `StageRunner` per stage of ``stages`` (one rank's), the `fingerprint` of the whole
+    model's weights as this rank built them, and the parameters tied across ranks (`TiedGrads`,
+    made collectively: every rank calls this)."""
     schedule = cfg.schedule
     layers = cfg.model.build_layers()
     try:
@@ -116,7 +124,10 @@ def make_runners(cfg: RunConfig, stages: tuple[int, ...], device: torch.device, 
     scale = 1.0 / (schedule.m * schedule.k)
     runners = {s: StageRunner(mod, cfg.model.loss_fn, scale, schedule.k, tracker, copier, cfg.model.seq_dim,
                               cfg.slice_lengths) for s, mod in modules.items()}
-    return runners, fingerprint(layers)
+    ranges = partition(len(layers), schedule.num_stages, pre=cfg.model.pre, post=cfg.model.post,
+                       stage_layers=cfg.stage_layers)
+    tied = TiedGrads(layers, ranges, schedule.placement.stage_to_rank, rank, world_size)
+    return runners, fingerprint(layers), tied
 
 
 def check_same_weights(digest: str, world_size: int) -> None:
@@ -131,40 +142,65 @@ def check_same_weights(digest: str, world_size: int) -> None:
         )
 
 
-def learn_weight_plans(runner: StageRunner, inputs: list[Tensor], targets: list[Tensor],
-                       out_meta: list[TensorMeta] | None) -> None:
+def learn_weight_plans(runner: StageRunner, inputs: list[Any], targets: list[Any],
+                       out_meta: list[Boundary] | None) -> None:
     """Run one microbatch (all its slices) through F, B and W on ``runner`` and record which saved
-    tensors W reads; later B passes free the others. Leaves no gradients and no saved bytes behind.
+    tensors W reads; later B passes free the others. Leaves the gradients as they were, no saved
+    bytes and no change to the buffers (BatchNorm's statistics) behind.
 
     Args:
         inputs: one microbatch's input of this stage, per slice.
         targets: the loss targets per slice (used on the last stage).
         out_meta: the stage's output per slice (None on the last stage), for a stand-in output gradient.
     """
+    buffers = [(b, b.detach().clone()) for b in runner.module.buffers()]  # BatchNorm's running statistics
+    grads = [(p, p.grad) for p in runner.module.parameters()]  # what the caller accumulated so far
+    for param, _ in grads:
+        param.grad = None
     chain = KVChain() if runner.k > 1 else None
     units = [runner.new_unit(0, j, x, t, 0, chain=chain) for j, (x, t) in enumerate(zip(inputs, targets, strict=True))]
     for unit in units:
         runner.forward(unit)
-    device = inputs[0].device
+    device = runner.copier.device
     for unit in reversed(units):
-        meta = None if out_meta is None else out_meta[unit.slice]
-        grad = None if meta is None else torch.ones(meta.shape, dtype=meta.dtype, device=device)
+        grad = None if out_meta is None else ones_grads(out_meta[unit.slice], device)
         runner.backward_input(unit, grad)
     for unit in units:
         unit.memory.recording = set()
         runner.backward_weight(unit)
         runner.plans[unit.slice] = WeightPlan(unit.memory.count, frozenset(unit.memory.recording))
         unit.memory.recording = None
-    for param in runner.module.parameters():
-        param.grad = None
+    for param, grad in grads:
+        param.grad = grad
+    with torch.no_grad():
+        for buffer, before in buffers:
+            buffer.copy_(before)
 
 
-def _probe_inputs(stage: int, shapes: list[list[TensorMeta]], batch: list[list[Tensor]], device: torch.device
-                  ) -> list[Tensor]:
+def ones_grads(boundary: Boundary, device: torch.device) -> list[Tensor]:
+    """A stand-in output gradient (ones) for each floating-point tensor of ``boundary``."""
+    return [torch.ones(meta.shape, dtype=meta.dtype, device=device) for meta in boundary.grads]
+
+
+def probe_inputs(stage: int, shapes: list[list[Boundary]], batch: list[list[Any]], device: torch.device
+                 ) -> list[Any]:
+    """One microbatch's input of ``stage``, per slice: the batch's first on stage 0, else stand-ins."""
     if stage == 0:
         return batch[0]
-    gen = torch.Generator().manual_seed(stage)
-    return [torch.randn(meta.shape, generator=gen).to(device=device, dtype=meta.dtype) for meta in shapes[stage - 1]]
+    return [stand_in(meta, device, seed=stage) for meta in shapes[stage - 1]]
+
+
+def first_microbatch(inputs: Any, m: int) -> Any:
+    """Microbatch 0 of a batch (a tensor or a pytree of them, cut along dim 0)."""
+    return pytree.tree_map_only(Tensor, lambda t: t.chunk(m)[0] if t.dim() else t, inputs)
+
+
+def check_boundaries(shapes: list[list[Boundary]], k: int) -> None:
+    """Refuse sequence slices of a model whose stages pass more than one tensor on."""
+    for s, row in enumerate(shapes):
+        if k > 1 and not row[0].single:
+            raise ExecutorError(f"stage {s} passes {len(row[0].tensors)} tensors on, but sequence slices (k={k}) "
+                                "cut one tensor per boundary; use a schedule with k=1")
 
 
 def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | None = None) -> RankResult:
@@ -176,24 +212,28 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | 
     """
     device = device or torch.device("cpu")
     schedule = prepare_schedule(cfg.schedule, cfg.model, world_size=world_size, batch_size=cfg.batch_size,
-                                stage_layers=cfg.stage_layers, lengths=cfg.slice_lengths)
+                                stage_layers=cfg.stage_layers, lengths=cfg.slice_lengths,
+                                early_recvs=device.type != "cuda")
     stages = schedule.placement.stages_of(rank)
     tracker = MemoryTracker(keep_curve=cfg.record_spans)
-    runners, digest = make_runners(cfg, stages, device, tracker)
+    runners, digest, tied = make_runners(cfg, stages, device, tracker, rank=rank, world_size=world_size)
     check_same_weights(digest, world_size)
-    inputs, targets = (t.to(device) for t in cfg.model.make_batch(cfg.batch_size, cfg.data_seed))
+    inputs, targets = (to_device(t, device) for t in cfg.model.make_batch(cfg.batch_size, cfg.data_seed))
     seq_dim = cfg.model.seq_dim
     xs, ys = (split_batch(t, schedule.m, schedule.k, seq_dim, cfg.slice_lengths) for t in (inputs, targets))
-    shapes = boundary_shapes(cfg.model, schedule.num_stages, inputs.chunk(schedule.m)[0], k=schedule.k,
-                             stage_layers=cfg.stage_layers, lengths=cfg.slice_lengths)
+    try:
+        shapes = boundary_shapes(cfg.model, schedule.num_stages, first_microbatch(inputs, schedule.m), k=schedule.k,
+                                 stage_layers=cfg.stage_layers, lengths=cfg.slice_lengths)
+    except (TypeError, ValueError) as exc:
+        raise ExecutorError(f"refusing to run: {exc}") from None
+    check_boundaries(shapes, schedule.k)
     for s, runner in runners.items():
-        learn_weight_plans(runner, _probe_inputs(s, shapes, xs, device), ys[0],
+        learn_weight_plans(runner, probe_inputs(s, shapes, xs, device), ys[0],
                            shapes[s] if s < schedule.num_stages - 1 else None)
     mailbox = Mailbox(rank, schedule, shapes, device, cfg.timeout)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    lookahead = 0 if device.type == "cuda" else cfg.recv_lookahead
-    executor = RankExecutor(schedule, rank, runners, mailbox, tracker, cfg.seed, sync=sync, recv_lookahead=lookahead)
-    params = [p for r in runners.values() for p in r.module.parameters()]
+    executor = RankExecutor(schedule, rank, runners, mailbox, tracker, cfg.seed, sync=sync)
+    params = list({id(p): p for r in runners.values() for p in r.module.parameters()}.values())  # tied: once
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
     result = RankResult(rank, stages)
     for step in range(cfg.steps):
@@ -203,6 +243,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | 
             torch.cuda.reset_peak_memory_stats(device)
         _barrier(cfg.timeout)
         record = executor.step(step, xs, ys, record_spans=cfg.record_spans)
+        tied.all_reduce()
         if device.type == "cuda":
             record.cuda_peak_bytes = torch.cuda.max_memory_allocated(device)
         result.steps.append(record)
@@ -214,6 +255,11 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device | 
         result.params = _named(runners, grads=False)
     _barrier(cfg.timeout)
     return result
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (a tensor or a pytree of them) on ``device``."""
+    return pytree.tree_map_only(Tensor, lambda t: t.to(device), value)
 
 
 def _named(runners: dict[int, StageRunner], grads: bool) -> dict[str, Tensor]:

@@ -56,7 +56,7 @@ stage-microbatches on the busiest rank, time in full-stage F units, P = floor(2p
   Chronos-Pipe ``min(m, P)`` (the lifespans above sum to 6p + 3 + 3(k_r + k_{p-1} + j_r), about
   8p slots, so about 2p/3: 1F1B keeps ``min(m, p)``, Megatron interleaved v=2 ``p + (p-1)/2`` for
   m >= 2p); Chronos-Recomp ``P/2`` (only the up chunk is whole between passes; 1F1B with full
-  recompute keeps 1 + p inp); Chronos-Offload ``(P+1)/2`` (the up chunk plus one down unit).
+  recompute keeps 1 + (p - 1) inp); Chronos-Offload ``(P+1)/2`` (the up chunk plus one down unit).
   Counted for p <= 20 and checked against the simulator for every m >= p (Chronos-Pipe: m >= 1).
 - idle per rank (measured on the simulator, which runs each order as soon as it can and so
   squeezes the blocks' warm-up gaps; not derived): Chronos-Pipe ``3(p-1) + min((p-1) mod 3,

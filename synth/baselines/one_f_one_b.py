@@ -5,8 +5,9 @@ Rank r warms up with min(p-r-1, m) forwards, alternates one forward and one back
 then drains. Bubble: (p-1)(F+BW) per rank, (p-1)/(m+p-1) of the makespan.
 Peak activations on rank r: min(p-r, m) stage-microbatches, so p on rank 0.
 With recompute every F keeps only its stage input (``inp``) and an R re-runs it once the
-gradient arrives, just before BW: peak = min(p-r, m) inputs + one unit's activations, at
-the cost of one extra F per unit on the critical path.
+gradient arrives, just before BW: peak = (min(p-r, m) - 1) inputs + one unit's activations
+(the recomputing unit's own input is part of its ``act``, DESIGN.md's memory table), at the
+cost of one extra F per unit on the critical path.
 """
 
 from __future__ import annotations

@@ -343,9 +343,10 @@ def _lifespans(costs: Costs, placement: Placement, split: bool, options: BlockOp
                mem_unit: float, up=ticks.round_up) -> tuple[Lifespan, ...]:
     """Per unit and variant, the spans that hold memory (DESIGN.md's memory table).
 
-    keep: act - wact from F to B and wact from F to W (act from F to BW); recompute: inp from F to
-    B plus the same act terms from R; offload: act from F to the end of OFFLOAD plus the act terms
-    from RELOAD. Bytes round up to memory units, so the bound never undercounts.
+    keep: act - wact from F to B and wact from F to W (act from F to BW); recompute: the kept
+    input ``inp`` from F, the rest ``act - inp`` from R (``inp`` is part of ``act``), ending as the
+    keep terms do (`_recompute_items`); offload: act from F to the end of OFFLOAD plus the act
+    terms from RELOAD. Bytes round up to memory units, so the bound never undercounts.
     """
     spans: list[Lifespan] = []
     back = Op.B if split else Op.BW
@@ -362,11 +363,25 @@ def _lifespans(costs: Costs, placement: Placement, split: bool, options: BlockOp
             for variant, source in variants:
                 items = [(source, end, nbytes) for end, nbytes in tail]
                 if variant == "recompute":
-                    items.append((Op.F, back, u.inp))
+                    items = _recompute_items(tail, u.inp)
                 if variant == "offload":
                     items.append((Op.F, Op.OFFLOAD, u.act))
                 for begin, end, nbytes in items:
-                    if nbytes > 0:
-                        spans.append(Lifespan(r, s, variant, Pass(s, j, begin), Pass(s, j, end),
-                                              up(nbytes / mem_unit)))
+                    units = up(nbytes / mem_unit)
+                    if nbytes > 0 and units > 0:  # a difference of equal sizes may leave float noise
+                        spans.append(Lifespan(r, s, variant, Pass(s, j, begin), Pass(s, j, end), units))
     return tuple(spans)
+
+
+def _recompute_items(tail: list[tuple[Op, float]], inp: float) -> list[tuple[Op, Op, float]]:
+    """A recomputed unit's spans ``(begin, end, bytes)``: F allocates ``inp``, R the rest of ``act``,
+    and the ends free what they free without recompute (``tail``: B's ``act - wact`` then W's
+    ``wact``, or BW's ``act``). The input's bytes go to the earliest end first, so with ``inp <=
+    act - wact`` it is one span F..B and the curve is DESIGN.md's: ``+inp`` at F, ``+(act - inp)``
+    at R, the ends' frees as without recompute."""
+    items = []
+    for end, nbytes in tail:
+        kept = min(inp, nbytes)
+        inp -= kept
+        items += [(Op.F, end, kept), (Op.R, end, nbytes - kept)]
+    return items

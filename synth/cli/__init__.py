@@ -7,7 +7,9 @@
 ``synth show FILE`` (or ``--baseline NAME -p P -m M``) verifies and simulates a schedule with
 uniform per-full-stage costs (``--f --b --w --comm``) or a user's ``--costs FILE``
 (``synth.costs.user``), prints its summary, and optionally draws it; ``synth costs`` prints the
-cost model's table, or the costs file's; ``synth run`` executes a schedule with torch.distributed.
+cost model's table, or the costs file's; ``synth run`` executes a schedule with torch.distributed;
+``synth export torchtitan FILE`` writes the torch CSV torchtitan loads and prints the torchtitan
+settings that run it (``synth.cli.export``).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-SUBCOMMANDS = ("baselines", "show", "costs", "compare", "frontier", "max-model", "run")
+SUBCOMMANDS = ("baselines", "show", "costs", "compare", "frontier", "max-model", "run", "export")
 
 
 def _synth_parser() -> argparse.ArgumentParser:
@@ -182,9 +184,18 @@ def _main(argv: list[str] | None = None) -> int:
                           "(--mfu, --tokens-per-s, --at-least 1f1b), beside 1F1B, 1F1B with recompute and the library"))
     run = sub.add_parser("run", help="run a schedule on a real model with torch.distributed (one process per rank)")
     _add_run_arguments(run)
+    from synth.cli.export import add_export_arguments
+
+    add_export_arguments(sub.add_parser(
+        "export", help="export a schedule for another runtime: 'torchtitan' writes the torch CSV that torchtitan's "
+                       "pipeline_parallel_schedule_csv loads and prints the torchtitan settings that run it"))
     args = parser.parse_args(argv)
     if args.command == "baselines":
         return _list_baselines()
+    if args.command == "export":
+        from synth.cli.export import export_command
+
+        return _guarded("synth export", lambda: export_command(args))
     if args.command == "run":
         from backends.torch_exec.cli import run_command
 

@@ -20,7 +20,8 @@ import dataclasses
 import math
 from pathlib import Path
 
-from ir.files import check_outputs
+from ir.files import check_outputs, write_new
+from ir.torch_csv import FORMATS as TORCH_CSV_FORMATS
 from synth.cli.report import Outcome, PhaseLine, ProgressLine, TrialLine, compare_lines, knob_lines, synth_lines
 from synth.cli.source import FileSource, ModelSource, parse_mem_cap, resolve_cap, source_from_args
 from synth.costs.args import (
@@ -98,7 +99,16 @@ def add_synth_arguments(parser: argparse.ArgumentParser, *, outputs: bool = True
                          help="write the chosen schedule here (default schedule.json)")
         out.add_argument("--plot", type=Path, help="write a Gantt chart with memory curves (PNG) here")
         out.add_argument("--trace", type=Path, help="write a Chrome trace (JSON) here")
-        out.add_argument("--torch-csv", type=Path, help="write PyTorch pipelining's CSV schedule here")
+        out.add_argument("--torch-csv", type=Path,
+                         help="write the schedule as PyTorch pipelining's CSV here, what "
+                              "_PipelineScheduleRuntime._load_csv reads (needs -k 1 and a schedule without recompute "
+                              "or offload: --no-recompute --no-offload); microbatches are renumbered if torch's "
+                              "runtime needs the last stage's forwards in order")
+        out.add_argument("--torch-csv-format", choices=TORCH_CSV_FORMATS,
+                         help="compute_only: compute cells only, torch adds the sends, receives and REDUCE_GRAD "
+                              "itself (_load_csv(path), as torchtitan loads it); compute_comms: pipesynth's lowering, "
+                              "SEND/RECV and REDUCE_GRAD cells included, run as written "
+                              "(_load_csv(path, format='compute_comms')) (default compute_only)")
         out.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
@@ -188,6 +198,7 @@ def synth_command(args: argparse.Namespace) -> int:
     """``synth``: the best schedule that fits, beside the best fitting baseline; writes it out."""
     outputs = [path for path in (args.output, args.plot, args.trace, args.torch_csv) if path is not None]
     check_outputs(outputs, args.force)  # before the solver runs, so a refusal costs nothing
+    _check_torch_csv_options(args)
     if knobs_searched(args):
         search, outcome = _knob_search(args)
         print("\n".join([*knob_lines(search), "", *synth_lines(outcome)]))
@@ -229,14 +240,41 @@ def _knob_meta(search: KnobSearch, outcome: Outcome) -> dict:
     return out
 
 
+def _check_torch_csv_options(args: argparse.Namespace) -> None:
+    """What torch's runtime can never run, refused before the solver runs."""
+    if args.torch_csv_format is not None and args.torch_csv is None:
+        raise ValueError(f"--torch-csv-format {args.torch_csv_format} needs --torch-csv PATH")
+    if args.torch_csv is not None and args.slices != AUTO and args.slices != 1:
+        raise ValueError(f"--torch-csv {args.torch_csv}: torch's runtime has no sequence slices, so a schedule with "
+                         f"-k {args.slices} cannot be written as torch CSV; use -k 1 or drop --torch-csv")
+
+
+def _torch_csv_text(schedule, costs, args: argparse.Namespace) -> str:
+    """The torch CSV of the chosen schedule, made before anything is written: a schedule torch cannot
+    run is refused with nothing written. Prints the renumbering when the order needed one."""
+    from ir.torch_csv import TorchCsvError, to_torch_csv, torch_order
+
+    try:
+        ready = torch_order(schedule)
+        text = to_torch_csv(ready.schedule, format=args.torch_csv_format or "compute_only", costs=costs)
+    except TorchCsvError as err:
+        raise ValueError(f"--torch-csv {args.torch_csv}: the chosen schedule {schedule.meta.get('chosen')}: {err}; "
+                         "nothing was written: rerun with --no-recompute --no-offload -k 1 to choose among the "
+                         "schedules torch can run, or drop --torch-csv") from None
+    if ready.note:
+        print(ready.note)
+    return text
+
+
 def _write(outcome: Outcome, args: argparse.Namespace, extra: dict | None = None) -> None:
     from ir.jsonio import save
 
     chosen, source = outcome.result.chosen, outcome.source
+    # the batch search's figures (extra) replace the problem's own where both name one (micro_batch)
+    meta = {**source.meta(chosen.timeline.peak, outcome.cap, chosen.schedule), **(extra or {})}
     schedule = chosen.schedule.with_programs(chosen.schedule.ranks, chosen=chosen.name,
-                                             makespan_ms=round(chosen.makespan, 3),
-                                             **source.meta(chosen.timeline.peak, outcome.cap, chosen.schedule),
-                                             **(extra or {}))
+                                             makespan_ms=round(chosen.makespan, 3), **meta)
+    torch_csv = _torch_csv_text(schedule, chosen.costs, args) if args.torch_csv else None
     print(f"wrote {save(schedule, args.output, overwrite=args.force)}")
     if args.plot:
         from ir.plot import plot_timeline
@@ -249,9 +287,6 @@ def _write(outcome: Outcome, args: argparse.Namespace, extra: dict | None = None
 
         write_chrome_trace(chosen.timeline, args.trace, overwrite=args.force)
         print(f"wrote {args.trace}")
-    if args.torch_csv:
-        from ir.lower import lower
-        from ir.torch_csv import write_torch_csv
-
-        write_torch_csv(lower(schedule, chosen.costs), args.torch_csv, overwrite=args.force)
-        print(f"wrote {args.torch_csv}")
+    if torch_csv is not None:
+        write_new(args.torch_csv, torch_csv, overwrite=args.force)
+        print(f"wrote {args.torch_csv} (torch {args.torch_csv_format or 'compute_only'} CSV)")

@@ -149,7 +149,9 @@ class ModelSource:
         """What a written schedule records of its costs; with slices, the cost model's cut in tokens
         (``slice_bounds``), which ``synth run`` scales to the model it runs."""
         out = {"peak_bytes": [round(x) for x in peak], "mem_cap_bytes": round(cap) if cap else None,
-               "model": self.spec.name, "gpu": self.hardware.name}
+               "model": self.spec.name, "gpu": self.hardware.name,
+               # the shape, for 'synth export torchtitan' (layers per stage, tokens per microbatch)
+               "layers": self.spec.layers, "micro_batch": self.spec.micro_batch, "seq_len": self.spec.seq_len}
         if schedule is not None and schedule.k > 1:
             out["slice_bounds"] = list(self.problem(schedule.placement, schedule.k).bounds)
         return out

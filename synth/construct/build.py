@@ -175,15 +175,16 @@ def _effect(tb: Tables, code: int, c: int, recomputed: bool) -> tuple[bool, floa
     """``ir.deps.memory_effects`` for the table's unit ``c``: one ``(at_end, delta)`` per op.
     Zero deltas are dropped by the caller: they move no level and reach no new peak."""
     act = tb.act[c]
-    extra = tb.inp[c] if recomputed else 0.0
     if code == F:
-        return False, extra if recomputed else act
-    if code == R or code == RELOAD:
+        return False, tb.inp[c] if recomputed else act
+    if code == R:
+        return False, act - tb.inp[c]
+    if code == RELOAD:
         return False, act
     if code == B:
-        return True, -(act - tb.wact[c]) - extra
+        return True, -(act - tb.wact[c])
     if code == BW:
-        return True, -act - extra
+        return True, -act
     if code == W:
         return True, -tb.wact[c]
     return True, -act  # OFFLOAD

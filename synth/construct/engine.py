@@ -168,7 +168,7 @@ class _Engine(CopyStream, Reservations):
                     continue
             if max(ready, base) < t:
                 continue  # ready earlier but not run then: starting now would not be its simulated time
-            if redo and tb.act[s * k + j] > room - self._reserve(r, i):
+            if redo and tb.act[s * k + j] - tb.inp[s * k + j] > room - self._reserve(r, i):
                 continue
             key = (-s, i)  # deeper stage first (Megatron interleaved drains a chunk group before the next)
             if best is None or key < best[0]:
@@ -260,21 +260,22 @@ class _Engine(CopyStream, Reservations):
             heappush(self.heap, (end + tb.lat[c], tb.rank_of[s + 1]))
 
     def _start_r(self, r: int, t: float, u: int, s: int, i: int, j: int) -> None:
-        c = s * self.tb.k + j
-        self.rend[u] = self._issue(r, t, R, u, self.tb.r[c], self.tb.act[c], 0.0, -1)
-        self.held[r][i] += self.tb.act[c]
+        tb = self.tb
+        c = s * tb.k + j
+        rest = tb.act[c] - tb.inp[c]  # the kept input is part of act (DESIGN.md's memory table)
+        self.rend[u] = self._issue(r, t, R, u, tb.r[c], rest, 0.0, -1)
+        self.held[r][i] += rest
 
     def _start_b(self, r: int, t: float, u: int, s: int, i: int, j: int) -> None:
         tb = self.tb
         c = s * tb.k + j
-        extra = tb.inp[c] if self.recomp[u] else 0.0
         if tb.split:
-            end = self._issue(r, t, B, u, tb.b[c], 0.0, tb.act[c] - tb.wact[c] + extra, i)
+            end = self._issue(r, t, B, u, tb.b[c], 0.0, tb.act[c] - tb.wact[c], i)
             self.wq[r].append(u)
         else:
-            end = self._issue(r, t, BW, u, tb.b[c], 0.0, tb.act[c] + extra, i)
+            end = self._issue(r, t, BW, u, tb.b[c], 0.0, tb.act[c], i)
         self.bend[u] = end
-        self.held[r][i] -= tb.act[c] + extra
+        self.held[r][i] -= tb.act[c]  # recomputed or not: its R brought it back to act
         self.bq[s] += 1
         self.after_b[r] = True
         if self.pol.jit:

@@ -65,13 +65,11 @@ class Reservations:
         its forwards to come, then backward by backward the R or RELOAD before each, less what each
         unit frees by its B and W (a W can always run once its B has, so that room comes back)."""
         tb, k, m = self.tb, self.tb.k, self.tb.m
-        extra = self.pol.recompute
         level = peak = 0.0
         for s in tb.stages[r]:
             for j in range(k):
                 if self.fend[(s * m + i) * k + j] == INF:
-                    c = s * k + j
-                    level += tb.act[c] + (tb.inp[c] if extra else 0.0)  # a lean F's R brings it to act + inp
+                    level += tb.act[s * k + j]  # kept or lean: a lean F's R brings it to act (inp is part of it)
                     peak = max(peak, level)
         for s in reversed(tb.stages[r]):
             for j in range(k - 1, -1, -1):
@@ -79,12 +77,12 @@ class Reservations:
                 if self.bend[u] != INF:
                     continue
                 if self.fend[u] == INF:
-                    level -= tb.act[c] + (tb.inp[c] if extra else 0.0)
+                    level -= tb.act[c]
                     continue
                 if self.recomp[u] and self.rend[u] == INF:
-                    level += tb.act[c]
+                    level += tb.act[c] - tb.inp[c]
                 if self.off[u] and self.rel_start[u] == INF:
                     level += tb.act[c]
                 peak = max(peak, level)
-                level -= tb.act[c] + (tb.inp[c] if self.recomp[u] else 0.0)
+                level -= tb.act[c]
         return peak

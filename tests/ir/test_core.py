@@ -85,6 +85,8 @@ def test_costs_defaults_and_checks():
         UnitCost(f=math.nan, b=0, w=0)
     with pytest.raises(ValueError, match=r"wact \(2\) cannot exceed act \(1\)"):
         UnitCost(f=0, b=0, w=0, act=1, wact=2)
+    with pytest.raises(ValueError, match=r"inp \(2\) cannot exceed act \(1\).*make it at most act"):
+        UnitCost(f=0, b=0, w=0, act=1, inp=2)  # the kept stage input is part of act (DESIGN.md, "Ops")
 
 
 def test_lower_counts_and_positions():

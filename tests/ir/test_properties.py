@@ -36,7 +36,7 @@ def problems(draw):
                     w=draw(st.integers(0, 4)),
                     act=act,
                     wact=draw(st.integers(0, act)),
-                    inp=draw(st.integers(0, 2)),
+                    inp=draw(st.integers(0, min(2, act))),  # the kept input is part of act
                     comm=draw(st.integers(0, 2)),
                 )
             )

@@ -87,14 +87,35 @@ def test_three_ranks_copy_stream_overlaps_compute():
 
 
 def test_recompute_memory_and_time():
-    # p=1, m=2: F keeps only inp=1 of act=5; R (time 1) re-adds act just before BW; BW frees act+inp.
+    # p=1, m=2: F keeps only inp=1 of act=5; R (time 1) adds the rest, act - inp = 4, just before
+    # BW; BW frees act (DESIGN.md's memory table: inp is part of act, never counted twice).
     # 0F0 [0,1] 0F1 [1,2] 0R0 [2,3] 0BW0 [3,5] 0R1 [5,6] 0BW1 [6,8]
     schedule = Schedule(Placement.standard(1), 2, [["0F0", "0F1", "0R0", "0BW0", "0R1", "0BW1"]])
     timeline = simulate(schedule, Costs.uniform(1, act=5, inp=1, static=(100,)))
     assert _spans(timeline)["0BW1"] == (6, 8)
-    # at 5: 0BW0 frees act+inp=6 and 0R1 re-adds act=5 in the same instant -> one point at 106
-    assert timeline.memory[0] == ((0, 101), (1, 102), (2, 107), (5, 106), (8, 100))
-    assert timeline.peak == (107,)
+    # 100 + 1 + 1 at 0 and 1; 0R0 at 2: + 4 -> 106 (unit 0's act plus unit 1's inp); at 5 0BW0
+    # frees act=5 and 0R1 adds 4 in the same instant -> one point at 105; 0BW1 frees 5 at 8.
+    assert timeline.memory[0] == ((0, 101), (1, 102), (2, 106), (5, 105), (8, 100))
+    assert timeline.peak == (100 + 5 + 1,)  # static + one unit's act + the other's inp
+
+
+@pytest.mark.parametrize(("act", "wact", "inp", "m"), [(8, 3, 1, 3), (8, 1, 2, 3), (5, 0, 5, 2), (6, 2, 0, 4)])
+def test_recompute_peak_closed_form_one_stage(act, wact, inp, m):
+    # p=1: every unit recomputed, forwards first, then R and B per microbatch, the W's last.
+    # DESIGN.md's table: F +inp, R +(act - inp), B -(act - wact) at its end, W -wact. At R_i's
+    # start (B_{i-1} has just freed, frees first) the rank holds the m-1-i inputs still waiting,
+    # unit i's whole act (its input included) and the i earlier units' wact, so the peak is
+    # max over i of (m-1-i) inp + act + i wact = act + (m-1) max(inp, wact); after the forwards
+    # it is only m inp <= that, since inp <= act.
+    split = [f"0F{i}" for i in range(m)] + [x for i in range(m) for x in (f"0R{i}", f"0B{i}")]
+    split += [f"0W{i}" for i in range(m)]
+    fused = [f"0F{i}" for i in range(m)] + [x for i in range(m) for x in (f"0R{i}", f"0BW{i}")]
+    costs = Costs.uniform(1, act=act, wact=wact, inp=inp, static=(10,))
+    timeline = simulate(Schedule(Placement.standard(1), m, [split]), costs)
+    assert timeline.peak == (10 + act + (m - 1) * max(inp, wact),)
+    assert timeline.memory[0][-1][1] == 10  # everything freed: each unit's act by its B and W together
+    # fused: B and W are one BW that frees act, so no wact waits: act + (m-1) inp
+    assert simulate(Schedule(Placement.standard(1), m, [fused]), costs).peak == (10 + act + (m - 1) * inp,)
 
 
 def test_slices_follow_causal_order():
@@ -141,11 +162,11 @@ def test_simulate_refuses_invalid_schedule_and_mismatched_costs():
 def test_recompute_waits_for_its_gradient():
     # p=2, m=1, unit 0 of stage 0 recomputed; F=1, R=1, BW=2, act=5, inp=1, comm 0.
     # 0F0 [0,1] 1F0 [1,2] 1BW0 [2,4]; 0R0 waits for the gradient from 1BW0 -> [4,5]; 0BW0 [5,7].
-    # Rank 0 keeps only inp=1 until the recompute re-adds act=5 at 4; BW frees act+inp at 7.
+    # Rank 0 keeps only inp=1 until the recompute adds act - inp = 4 at 4; BW frees act=5 at 7.
     schedule = Schedule(Placement.standard(2), 1, [["0F0", "0R0", "0BW0"], ["1F0", "1BW0"]])
     timeline = simulate(schedule, Costs.uniform(2, act=5, inp=1))
     assert _spans(timeline) == {"0F0": (0, 1), "1F0": (1, 2), "1BW0": (2, 4), "0R0": (4, 5), "0BW0": (5, 7)}
-    assert timeline.memory[0] == ((0, 1), (4, 6), (7, 0))
+    assert timeline.memory[0] == ((0, 1), (4, 5), (7, 0))
     assert str(timeline.peak_action[0]) == "0R0"
     lowered = lower(schedule)  # the gradient's RECV must come before the recompute
     prog = [str(a) for a in lowered.ranks[0]]

@@ -1,6 +1,8 @@
-"""torch CSV form: op mapping on literal text, round trips, refusals, import of torch's
-own formats, and a peer check against torch's ``_PipelineScheduleRuntime`` (run in a
-subprocess by ``tests/ir/torch_peer.py``)."""
+"""torch CSV form: op mapping on literal text, both of torch's formats, round trips, refusals
+(and the renumbering that makes an out-of-order last stage exportable), import of torch's own
+formats, and a peer check against torch's ``_PipelineScheduleRuntime`` loading and lowering our
+files (run in a subprocess by ``tests/ir/torch_peer.py``; ``tests/ir/test_torch_runtime.py``
+runs them for real)."""
 
 import json
 import re
@@ -11,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from ir import Action, Op, Placement, PlacementKind, Schedule, lower
+from ir import Action, Costs, Op, Placement, PlacementKind, Schedule, lower, simulate, verify
 from ir.examples import greedy, one_f_one_b
-from ir.torch_csv import TorchCsvError, from_torch_csv, read_torch_csv, to_torch_csv, write_torch_csv
+from ir.torch_csv import (
+    TorchCsvError,
+    check_torch_runnable,
+    from_torch_csv,
+    read_torch_csv,
+    to_torch_csv,
+    torch_order,
+    write_torch_csv,
+)
 
 PEER = Path(__file__).with_name("torch_peer.py")
 
@@ -37,13 +47,88 @@ def test_one_f_one_b_export_is_textbook_1f1b():
     assert to_torch_csv(one_f_one_b(2, 2, split_backward=True)) == "0F0,0F1,0I0,0W0,0I1,0W1\n1F0,1I0,1W0,1F1,1I1,1W1\n"
 
 
-def test_lowered_export_is_compute_comms_text():
-    schedule = Schedule(
-        Placement.standard(2),
-        1,
-        [["0F0", "0SEND_F0", "0RECV_B0", "0B0", "0W0"], ["1RECV_F0", "1F0", "1BW0", "1SEND_B0"]],
+LOWERED = Schedule(
+    Placement.standard(2),
+    1,
+    [["0F0", "0SEND_F0", "0RECV_B0", "0B0", "0W0"], ["1RECV_F0", "1F0", "1BW0", "1SEND_B0"]],
+)
+
+
+def test_compute_comms_text_has_reduce_grad_after_each_stages_last_backward():
+    # torch runs a compute_comms file as written: without REDUCE_GRAD it never divides the
+    # gradients by m. Torch's _add_reduce_grad counts W and B (our BW), not I (our B).
+    assert to_torch_csv(LOWERED, format="compute_comms") == (
+        "0F0,0SEND_F0,0RECV_B0,0I0,0W0,0REDUCE_GRAD\n1RECV_F0,1F0,1B0,1REDUCE_GRAD,1SEND_B0\n"
     )
-    assert to_torch_csv(schedule) == "0F0,0SEND_F0,0RECV_B0,0I0,0W0\n1RECV_F0,1F0,1B0,1SEND_B0\n"
+    text = to_torch_csv(one_f_one_b(2, 2, split_backward=True), format="compute_comms")
+    rows = [row.split(",") for row in text.splitlines()]
+    for stage, row in enumerate(rows):
+        assert row.count(f"{stage}REDUCE_GRAD") == 1
+        assert row.index(f"{stage}REDUCE_GRAD") == row.index(f"{stage}W1") + 1  # the stage's m-th W
+    assert text.replace(",0REDUCE_GRAD", "").replace(",1REDUCE_GRAD", "") == (
+        to_torch_csv(lower(one_f_one_b(2, 2, split_backward=True)), format="compute_comms")
+        .replace(",0REDUCE_GRAD", "").replace(",1REDUCE_GRAD", ""))
+
+
+def test_compute_only_text_of_a_lowered_schedule_drops_its_comms():
+    assert to_torch_csv(LOWERED) == "0F0,0I0,0W0\n1F0,1B0\n"
+    assert to_torch_csv(lower(one_f_one_b(3, 4))) == to_torch_csv(one_f_one_b(3, 4))
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(TorchCsvError, match="unknown torch CSV format 'dump'.*compute_only, compute_comms"):
+        to_torch_csv(one_f_one_b(2, 2), format="dump")
+
+
+# A valid waves schedule whose last stage runs microbatches 0, 2, 3, 1: the greedy waves
+# schedule with microbatches 1, 2, 3 renamed 2, 3, 1 (torch's runtime cannot run it as ordered).
+_RENAME = (0, 2, 3, 1)
+
+
+def _out_of_order_waves():
+    schedule = greedy(Placement.waves(2, 2), 4, split_backward=True)
+    programs = [[Action(a.op, a.stage, _RENAME[a.microbatch]) for a in prog] for prog in schedule.ranks]
+    return schedule, schedule.with_programs(programs)
+
+
+def _last_stage_forwards(schedule):
+    last = schedule.num_stages - 1
+    prog = schedule.ranks[schedule.placement.stage_to_rank[last]]
+    return [a.microbatch for a in prog if a.op is Op.F and a.stage == last]
+
+
+def test_export_refuses_a_last_stage_out_of_order_and_says_what_to_do():
+    _, shuffled = _out_of_order_waves()
+    verify(shuffled)
+    assert _last_stage_forwards(shuffled) == [0, 2, 3, 1]
+    for fmt in ("compute_only", "compute_comms"):
+        with pytest.raises(TorchCsvError) as err:
+            to_torch_csv(shuffled, format=fmt)
+        message = str(err.value)
+        assert "last stage (stage 7, rank 0) runs its forwards in microbatch order 0, 2, 3, 1" in message
+        assert "backward of microbatch 1 would get the loss of microbatch 2" in message
+        assert "Loss for microbatch" in message and "torch_order(schedule)" in message
+
+
+def test_torch_order_renumbers_microbatches_and_keeps_the_timing():
+    original, shuffled = _out_of_order_waves()
+    ready = torch_order(shuffled)
+    assert ready.renumbered == (0, 3, 1, 2)  # old microbatch i is new renumbered[i]
+    assert "renumbered (1->3, 2->1, 3->2)" in ready.note and "timing are unchanged" in ready.note
+    assert ready.schedule.ranks == original.ranks and ready.schedule.meta["torch_renumbered"] == [0, 3, 1, 2]
+    check_torch_runnable(ready.schedule)
+    costs = Costs.uniform(8, f=1, b=1.5, w=0.5, comm=0.25)
+    assert simulate(ready.schedule, costs).makespan == simulate(shuffled, costs).makespan
+    assert to_torch_csv(ready.schedule) == to_torch_csv(original)
+    in_order = torch_order(original)
+    assert in_order.schedule is original and in_order.renumbered is None and in_order.note is None
+
+
+@pytest.mark.parametrize("op", ["R", "OFFLOAD", "RELOAD"])
+def test_torch_order_refuses_what_torch_has_no_cell_for(op):
+    schedule = Schedule(Placement.standard(2), 1, [["0F0", f"0{op}0", "0BW0"], ["1F0", "1BW0"]])
+    with pytest.raises(TorchCsvError, match="--no-recompute --no-offload"):
+        torch_order(schedule)
 
 
 @pytest.mark.parametrize("op", ["R", "OFFLOAD", "RELOAD"])
@@ -91,9 +176,12 @@ ROUND_TRIPS = {
 @pytest.mark.parametrize("name", sorted(ROUND_TRIPS))
 def test_export_import_round_trip(name):
     schedule = ROUND_TRIPS[name]()
-    back = from_torch_csv(to_torch_csv(schedule))
+    fmt = "compute_comms" if schedule.is_lowered else "compute_only"
+    back = from_torch_csv(to_torch_csv(schedule, format=fmt))  # REDUCE_GRAD cells are dropped on import
     _same(back, schedule)
     assert back.meta == {"source": "torch-csv"}
+    if not schedule.is_lowered:  # compute_comms lowers it first
+        _same(from_torch_csv(to_torch_csv(schedule, format="compute_comms")), lower(schedule))
 
 
 # --------------------------------------------------------------------------- import
@@ -162,7 +250,7 @@ def test_import_torch_dump_refuses_fsdp_ops_by_default():
     with pytest.raises(TorchCsvError) as err:
         from_torch_csv(TORCH_DUMP)
     message = str(err.value)
-    assert "rank 0 (row 1), column 1" in message and "'0UNSHARD'" in message and "FSDP/DP" in message
+    assert "rank 0 (row 1), column 1" in message and "'0UNSHARD'" in message and "FSDP op" in message
     assert "does not model" in message and "drop_fsdp_ops=True" in message
 
 
@@ -181,9 +269,8 @@ def test_import_torch_dump_dropping_fsdp_ops():
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
-        ("0F0,0B0\n1F0,1RESHARD,1B0\n", ["rank 1 (row 2), column 2", "'1RESHARD'", "RESHARD", "FSDP/DP"]),
-        ("0F0,0B0,0REDUCE_GRAD\n1F0,1B0\n", ["rank 0 (row 1), column 3", "REDUCE_GRAD", "FSDP/DP"]),
-        ("0F0,(0F1;0UNSHARD)OVERLAP_F_B\n", ["column 2", "UNSHARD", "FSDP/DP"]),
+        ("0F0,0B0\n1F0,1RESHARD,1B0\n", ["rank 1 (row 2), column 2", "'1RESHARD'", "RESHARD", "FSDP op"]),
+        ("0F0,(0F1;0UNSHARD)OVERLAP_F_B\n", ["column 2", "UNSHARD", "FSDP op"]),
         ("0F0,0B0\n1F0,0X1\n", ["rank 1 (row 2), column 2", "'0X1' is not a torch action"]),
         ("0F0,0F1x\n", ["column 2", "'0F1x' is not a torch action"]),
         ("0F0,0F1.1\n", ["'0F1.1' is not a torch action"]),
@@ -200,6 +287,11 @@ def test_import_errors_name_the_cell(text, fragments):
         from_torch_csv(text)
     for fragment in fragments:
         assert fragment in str(err.value), f"{fragment!r} not in {str(err.value)!r}"
+
+
+def test_import_drops_reduce_grad():
+    back = from_torch_csv("0F0,0B0,0REDUCE_GRAD\n1F0,1B0,1REDUCE_GRAD\n")
+    _same(back, Schedule(Placement.standard(2), 1, [["0F0", "0BW0"], ["1F0", "1BW0"]]))
 
 
 def test_read_names_the_file(tmp_path):
@@ -226,7 +318,7 @@ def torch_peer(tmp_path_factory):
         schedule = make()
         folder = tmp_path_factory.mktemp("peer")
         path = write_torch_csv(schedule, folder / "schedule.csv")
-        lowered = write_torch_csv(lower(schedule), folder / "lowered.csv")
+        lowered = write_torch_csv(schedule, folder / "lowered.csv", format="compute_comms")
         args = [str(path), "--p", str(schedule.p), "--m", str(schedule.m), "--lowered", str(lowered)]
         args += ["--num-stages", str(schedule.num_stages), "--stages", rank0_stages]
         proc = subprocess.Popen(

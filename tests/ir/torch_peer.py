@@ -13,12 +13,13 @@ order, and prints one JSON object to stdout:
      "lowered": {"simulate_error": ..., "simulated_steps": ...}}
 
 ``lowered`` is there when ``--lowered CSV`` names an already lowered schedule
-(pipesynth's ``ir.lower``): torch loads it in its "compute_comms" format and
-simulates it as it stands.
+(pipesynth's ``ir.lower``, written in torch's "compute_comms" format): torch loads it
+as such and simulates it as it stands (without its REDUCE_GRAD cells, which the
+dry-run simulator does not know). ``tests/ir/torch_runtime_peer.py`` runs CSVs for real.
 
 With ``--batch FILE`` (a JSON list of objects with the keys csv, m, num_stages, stages
 and name, all for the same ``--p``) it checks every case in one process and prints
-``{name: report}``; ``tests/synth/test_baselines_torch.py`` uses it for the library.
+``{name: report}``; ``tests/synth/baselines/test_baselines_torch.py`` uses it for the library.
 
 ``with_comms`` leaves out torch's FSDP/DP ops (UNSHARD, RESHARD, REDUCE_GRAD),
 which pipesynth does not model. It imports nothing from pipesynth, so the answer is
@@ -90,10 +91,7 @@ def _runtime(args: argparse.Namespace) -> _PipelineScheduleRuntime:
 def _load_and_lower(args: argparse.Namespace) -> dict:
     runtime = _runtime(args)
     runtime._load_csv(args.csv)  # reads, validates (_validate_schedule) and lowers (_add_send_recv)
-    with_comms = {
-        rank: [a for a in actions if a.computation_type.value not in _FSDP_OPS]
-        for rank, actions in runtime.pipeline_order_with_comms.items()
-    }
+    with_comms = _without_fsdp(runtime.pipeline_order_with_comms)
     report = {
         "stage_to_rank": {str(s): r for s, r in runtime.stage_index_to_group_rank.items()},
         "pipeline_order": _cells(runtime.pipeline_order),
@@ -103,8 +101,13 @@ def _load_and_lower(args: argparse.Namespace) -> dict:
     if args.lowered:
         ours = _runtime(args)
         ours._load_csv(args.lowered, format="compute_comms")  # taken as given, no lowering
-        report["lowered"] = _simulate(ours.pipeline_order_with_comms, ours)
+        report["lowered"] = _simulate(_without_fsdp(ours.pipeline_order_with_comms), ours)
     return report
+
+
+def _without_fsdp(order: dict) -> dict:
+    """The order without UNSHARD/RESHARD/REDUCE_GRAD, which torch's dry-run simulator does not know."""
+    return {rank: [a for a in actions if a.computation_type.value not in _FSDP_OPS] for rank, actions in order.items()}
 
 
 def _simulate(with_comms: dict, runtime: _PipelineScheduleRuntime) -> dict:

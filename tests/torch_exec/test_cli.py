@@ -58,3 +58,38 @@ def test_synth_run_under_torchrun(tmp_path):
                            "run", str(path), "--steps", "2"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("step  loss") == 1 and "rank  stages" in proc.stdout
+
+
+def test_check_grads_on_a_users_model_and_a_failing_one(tmp_path, capsys, monkeypatch):
+    """``--model module:function`` and ``--check-grads`` (issue 18): the user's model matches one
+    process and exits 0; a model whose randomness escapes the executor's seeding is caught (exit 1)."""
+    argv = ["run", "--baseline", "1f1b", "-p", "2", "-m", "2", "--steps", "1", "--check-grads"]
+    assert synth_main([*argv, "--model", "tests.torch_exec.user_models:mlp_spec"]) == 0
+    out = capsys.readouterr().out
+    assert "model user-mlp" in out and "check-grads: 6 gradient tensors against one process" in out
+    assert out.rstrip().endswith(": ok")
+    assert synth_main([*argv, "--model", "tests.torch_exec.user_models:noisy_spec"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "above the tolerance: 0.weight" in captured.err
+    for model, message in [("tests.torch_exec.user_models:not_a_spec", "returned a Linear, not a ModelSpec"),
+                           ("no_such_module_x:f", "cannot import 'no_such_module_x'"),
+                           ("tests.torch_exec.user_models:nope", "has no function 'nope'")]:
+        assert synth_main(["run", "--baseline", "1f1b", "--model", model]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_check_grads_on_a_tied_hugging_face_config(tmp_path, capsys):
+    """The issue's line: ``synth run s.json --model hf:tiny-gpt2.json --check-grads --nproc 2`` on a
+    tied config (GPT-2 ties its head to the embedding by default; on 1f1b they sit on two ranks)."""
+    pytest.importorskip("transformers")
+    config = tmp_path / "tiny-gpt2.json"
+    config.write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64,
+                                  "n_positions": 32, "bos_token_id": 0, "eos_token_id": 0}))
+    path = save(build("1f1b", 2, 4), tmp_path / "s.json")
+    assert synth_main(["run", str(path), "--model", f"hf:{config}", "--check-grads", "--nproc", "2",
+                       "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "check-grads: 29 gradient tensors" in out and out.rstrip().endswith(": ok")
+    assert synth_main(["run", str(path), "--model", f"hf:{tmp_path / 'none.json'}"]) == 1
+    assert "cannot read the config" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def test_split_backward_equals_plain_autograd_and_b_touches_no_weight(stage):
     if stage == 0:
         assert got_input is None
     else:
-        torch.testing.assert_close(got_input, expected_input, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got_input, [expected_input], rtol=1e-5, atol=1e-7)
     runner.backward_weight(unit)  # W, on every stage including the first
     for name, p in runner.module.global_named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7)

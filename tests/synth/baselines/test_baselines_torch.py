@@ -1,7 +1,9 @@
 """Peer check for the whole library: every registered baseline that torch's runtime can
 express (no R, OFFLOAD/RELOAD or slices) exports to torch CSV, and torch's own
 ``_PipelineScheduleRuntime`` loads, validates and lowers it, and its dry-run simulator
-finds no deadlock; the others are refused by the export with a reason."""
+finds no deadlock; run for real (4 gloo processes, ``tests/ir/torch_runtime_peer.py``), both
+its compute-only and its compute_comms CSV give the gradients of a single-process run; the
+others are refused by the export with a reason."""
 
 import json
 import subprocess
@@ -11,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from ir import Op, lower, verify
-from ir.torch_csv import TorchCsvError, to_torch_csv, write_torch_csv
+from ir.torch_csv import FORMATS, TorchCsvError, to_torch_csv, write_torch_csv
 from synth.baselines import BASELINES, build
+from tests.ir.torch_runtime_peer import run_on_torch
 
 PEER = Path(__file__).resolve().parents[2] / "ir" / "torch_peer.py"
 P, M = 4, 8
@@ -32,7 +35,7 @@ def peer_reports(tmp_path_factory):
         if not _expressible(schedule):
             continue
         csv = write_torch_csv(schedule, folder / f"{name}.csv")
-        lowered = write_torch_csv(lower(schedule), folder / f"{name}.lowered.csv")
+        lowered = write_torch_csv(schedule, folder / f"{name}.lowered.csv", format="compute_comms")
         stages = ",".join(str(s) for s in schedule.placement.stages_of(0))
         cases.append({"name": name, "csv": str(csv), "lowered": str(lowered), "m": M,
                       "num_stages": schedule.num_stages, "stages": stages})
@@ -63,3 +66,29 @@ def test_torch_runtime_accepts_or_export_refuses(name, peer_reports):
     for rank in range(P):
         torch_comms = sorted(c for c in report["with_comms"][str(rank)] if "SEND" in c or "RECV" in c)
         assert torch_comms == sorted(str(a) for a in ours.ranks[rank] if a.op.is_comm)
+
+
+@pytest.fixture(scope="module")
+def runtime_reports(peer_reports, tmp_path_factory):
+    """Every expressible baseline in both formats on torch's real runtime, one process group."""
+    schedules, _ = peer_reports
+    folder = tmp_path_factory.mktemp("library-run")
+    cases = []
+    for name, schedule in schedules.items():
+        for fmt in FORMATS:
+            csv = write_torch_csv(schedule, folder / f"{name}.{fmt}.csv", format=fmt)
+            cases.append({"name": f"{name} {fmt}", "csv": str(csv), "format": fmt, "m": M,
+                          "stage_to_rank": list(schedule.placement.stage_to_rank)})
+    return schedules, run_on_torch(cases, P, folder)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_torch_runtime_gives_single_process_gradients_or_export_refuses(name, fmt, runtime_reports):
+    schedules, _ = runtime_reports
+    if name not in schedules:  # refused, with the reason
+        with pytest.raises(TorchCsvError, match="no recompute/offload op|no sequence slices"):
+            to_torch_csv(build(name, P, M), format=fmt)
+        return
+    report = runtime_reports[1][f"{name} {fmt}"]
+    assert report["error"] is None, report["error"]

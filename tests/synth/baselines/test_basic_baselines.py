@@ -24,8 +24,9 @@ def test_closed_forms(name, p, mult):
         assert timeline.peak == tuple(float(m) for _ in range(p))
     elif name == "1f1b":  # rank r keeps min(p - r, m) microbatches (warm-up p - r - 1, plus the one in flight)
         assert timeline.peak == tuple(float(min(p - r, m)) for r in range(p))
-    else:  # kept inputs of min(p - r, m) microbatches, plus one recomputed unit's activations
-        assert timeline.peak == pytest.approx(tuple(min(p - r, m) * inp + 1 for r in range(p)))
+    else:  # at an R's start, min(p - r, m) microbatches in flight: the recomputing one holds its whole act
+        # (its input is part of it, DESIGN.md's memory table), the other min(p - r, m) - 1 their inputs
+        assert timeline.peak == pytest.approx(tuple((min(p - r, m) - 1) * inp + 1 for r in range(p)))
 
 
 def test_recompute_is_1f1b_with_a_longer_backward():

@@ -53,15 +53,18 @@ def test_v_shape_under_v_min_memory_is_no_slower_than_v_min():
 def test_recompute_is_chosen_when_the_cap_binds_and_pays():
     # p = 2, fused backward, act 1 and input 0.1 per stage. Keeping everything, rank 0 holds two
     # microbatches at T = 3, over a cap of 1.5; keeping one (T = 6) is slower than recomputing
-    # stage 0 (R adds one F: T = 4 on rank 0, memory 1 + 2 x 0.1).
+    # stage 0 (R adds one F: T = 4 on rank 0). Rank 0 then peaks at R's start: that unit's act 1
+    # (its input is part of it, DESIGN.md's memory table) plus the next microbatch's input 0.1.
     costs = Costs.uniform(2, f=1, b=1, w=1, act=1, inp=0.1)
     keep = solve_block(costs, Placement.standard(2), BlockOptions(split_backward=False, mem_cap=1.5))
     assert keep.period * keep.tick == 6 and keep.recompute == (False, False)
     block = solve_block(costs, Placement.standard(2), BlockOptions(split_backward=False, mem_cap=1.5,
                                                                    recompute=True))
     assert block.period * block.tick == 4 and block.recompute == (True, False)
+    assert block.memory == pytest.approx((1 + 0.1, 1))
     schedule = tile(block, Placement.standard(2), 6)
     verify(schedule, costs, mem_cap=1.5)
+    assert simulate(schedule, costs).peak == pytest.approx(block.memory)  # the model's peak is the simulator's
 
 
 def test_a_cap_below_every_block_is_refused():
