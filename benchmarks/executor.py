@@ -131,7 +131,7 @@ def speed(group: WorkerGroup, names: list[str], runs: int) -> list[dict]:
             variants["ours_lowered"] = (run_rank, (dataclasses.replace(cfg, **_variants()["lookahead0"]),))
         variants["torch"] = (torch_runtime_task, (csv, P, M, schedule.num_stages, batch, WARMUP + STEPS))
         times: dict[str, list[float]] = {key: [] for key in variants}
-        diff = 0.0
+        diff, ticks = 0.0, _cpu_ticks()
         for run in range(runs):
             n = run % len(variants)
             order = list(variants)[n:] + list(variants)[:n]  # each variant takes turns going first
@@ -143,7 +143,7 @@ def speed(group: WorkerGroup, names: list[str], runs: int) -> list[dict]:
             torch_grads = {k: v for r in got["torch"] for k, v in r["grads"].items()}
             diff = max(diff, max((ours_grads[k] - torch_grads[k]).abs().max().item() for k in ours_grads))
         row = {"name": name, "stages": schedule.num_stages, "diff": diff,
-               "spread": max(max(v) / min(v) - 1 for v in times.values()),  # run to run, same runtime
+               "spread": max(max(v) / min(v) - 1 for v in times.values()), "others": _others_cores(ticks),
                **{key: statistics.median(values) for key, values in times.items()}}
         lowered = f" (receives as lowered: {row['ours_lowered'] * 1e3:.1f})" if "ours_lowered" in row else ""
         print(f"speed {name}: ours {row['ours'] * 1e3:.1f} ms/step{lowered}, torch {row['torch'] * 1e3:.1f} ms/step, "
@@ -350,17 +350,18 @@ def render(speed_rows: list[dict], memory_rows: list[dict], time_rows: list[dict
         + ("; the `as lowered` column posts them where `ir.lower` does (`recv_lookahead=0`). " if lowered else ". ")
         + "`grad diff`: largest difference between the two runtimes' first-step gradients. `spread`: how far "
         "apart the runs of one runtime on one schedule came out (slowest over fastest, the larger of the two "
-        "runtimes); a ratio closer to 1 than that is parity.",
+        "runtimes); a ratio closer to 1 than that is parity. `others`: as in (c), cores other processes used "
+        "while the row ran.",
         "",
         "| schedule | stages | ours ms/step | " + ("as lowered ms/step | " if lowered else "") + "torch ms/step "
-        "| ours steps/s | torch steps/s | ratio (ours/torch) | grad diff | spread |",
-        "| --- " * (9 + lowered) + "|",
+        "| ours steps/s | torch steps/s | ratio (ours/torch) | grad diff | spread | others |",
+        "| --- " * (10 + lowered) + "|",
     ]
     for r in speed_rows:
         as_lowered = f"{r['ours_lowered'] * 1e3:.1f} | " if lowered else ""
         lines.append(f"| {r['name']} | {r['stages']} | {r['ours'] * 1e3:.1f} | {as_lowered}"
                      f"{r['torch'] * 1e3:.1f} | {1 / r['ours']:.2f} | {1 / r['torch']:.2f} | "
-                     f"{r['torch'] / r['ours']:.2f} | {r['diff']:.1e} | {r['spread']:.0%} |")
+                     f"{r['torch'] / r['ours']:.2f} | {r['diff']:.1e} | {r['spread']:.0%} | {r['others']:.2f} |")
     lines += [
         "",
         "## (b) Saved-activation peak per rank: measured against `ir.simulate`",
