@@ -178,6 +178,16 @@ def slice_lengths(schedule: Schedule, seq_len: int) -> tuple[int, ...] | None:
     return tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
 
 
+def indivisible(value: Any, m: int, what: str = "a batch tensor") -> str | None:
+    """Why ``value`` (a tensor or a pytree of them) cannot be cut into m equal microbatches along
+    dim 0, or None if it can."""
+    for leaf in pytree.tree_leaves(value):
+        if isinstance(leaf, Tensor) and leaf.dim() and leaf.shape[0] % m:
+            return (f"{what} of {leaf.shape[0]} rows cannot be cut into the schedule's m={m} equal microbatches; "
+                    "use a batch size that m divides")
+    return None
+
+
 def split_batch(tensor: Any, m: int, k: int, seq_dim: int | None,
                 lengths: Sequence[int] | None = None) -> list[list[Any]]:
     """``out[i][j]``: microbatch i (along dim 0), slice j (along ``seq_dim``; ``lengths`` tokens
@@ -188,11 +198,10 @@ def split_batch(tensor: Any, m: int, k: int, seq_dim: int | None,
         if k > 1:
             raise ExecutorError("sequence slices (k > 1) need the batch as one tensor, not a "
                                 f"{type(tensor).__name__}; use a schedule with k=1")
+        problem = indivisible(tensor, m)
+        if problem:
+            raise ExecutorError(problem)
         flat, spec = pytree.tree_flatten(tensor)
-        for leaf in flat:
-            if isinstance(leaf, Tensor) and leaf.dim() and leaf.shape[0] % m:
-                raise ExecutorError(f"a batch tensor of {leaf.shape[0]} rows cannot be cut into m={m} equal "
-                                    "microbatches; use a batch size that m divides")
         parts = [split_batch(leaf, m, 1, None) if isinstance(leaf, Tensor) and leaf.dim() else None for leaf in flat]
         return [[pytree.tree_unflatten([leaf if part is None else part[i][0] for leaf, part in zip(flat, parts,
                                         strict=True)], spec)] for i in range(m)]

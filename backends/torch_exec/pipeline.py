@@ -41,7 +41,14 @@ from torch.utils import _pytree as pytree
 
 from backends.torch_exec.boundary import Boundary, describe, rebuild, stand_in, tensor_leaves
 from backends.torch_exec.comms import Mailbox
-from backends.torch_exec.executor import ExecutorError, RankExecutor, TiedGrads, prepare_schedule, split_batch
+from backends.torch_exec.executor import (
+    ExecutorError,
+    RankExecutor,
+    TiedGrads,
+    indivisible,
+    prepare_schedule,
+    split_batch,
+)
 from backends.torch_exec.memory import Copier, MemoryTracker
 from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import StageRunner
@@ -215,8 +222,8 @@ class PipelineSchedule:
             error = (f"rank {self.rank} holds the last stage ({self.num_stages - 1}): pass target= "
                      "(what loss_fn compares the output with)")
         else:
-            error = (_divisible(x, self.schedule.m, "inputs") if holds_first else None) or \
-                (_divisible(y, self.schedule.m, "target") if y is not None else None)
+            error = (indivisible(x, self.schedule.m, "the batch's inputs") if holds_first else None) or \
+                (indivisible(y, self.schedule.m, "the batch's target") if y is not None else None)
         sig = describe(first_microbatch(x, self.schedule.m)) if holds_first and error is None else None
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, (error, sig), group=self.group)
@@ -368,14 +375,6 @@ def _stage_output(stage: StageModule, boundary: Boundary, device: torch.device, 
         with torch.no_grad(), autocast_context(device.type, autocast):
             out, _, _ = stage.run(x, slices)
         return describe(out)
-
-
-def _divisible(value: Any, m: int, what: str) -> str | None:
-    for leaf in pytree.tree_leaves(value):
-        if isinstance(leaf, Tensor) and leaf.dim() and leaf.shape[0] % m:
-            return (f"the batch's {what} have {leaf.shape[0]} rows, which the schedule's m={m} microbatches "
-                    "do not divide; use a batch size that m divides")
-    return None
 
 
 def _default_device(group: dist.ProcessGroup | None) -> torch.device:
