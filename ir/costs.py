@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ir.actions import Action, Op
 
-__all__ = ["UnitCost", "Costs"]
+__all__ = ["UnitCost", "Costs", "message_stage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,11 @@ class UnitCost:
             (``0 <= inp <= act``), so R adds ``act - inp``.
         comm: latency to send this unit's output to the next stage's rank (and the
             matching gradient back); paid only when the two stages sit on different ranks.
+        post: host time to post one message of this boundary (the send or the receive of this
+            unit's output, or of its gradient), LogP's overhead ``o``: in a lowered schedule each
+            SEND/RECV of the boundary keeps its rank's compute stream busy this long, since the
+            thread that posts is the one that launches the passes (gloo on CPU). 0 (the default)
+            makes posts free; a schedule without SEND/RECV never pays it.
     """
 
     f: float
@@ -50,9 +55,10 @@ class UnitCost:
     wact: float = 0.0
     inp: float = 0.0
     comm: float = 0.0
+    post: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("f", "b", "w", "bw", "r", "act", "wact", "inp", "comm"):
+        for name in ("f", "b", "w", "bw", "r", "act", "wact", "inp", "comm", "post"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -108,9 +114,12 @@ class Costs:
         return self.static[rank] if self.static else 0.0
 
     def duration(self, action: Action) -> float:
-        """Time the action occupies its stream; comm ops are zero-time posts."""
-        u = self.units[action.stage][action.slice]
+        """Time the action occupies its stream; a comm op (SEND/RECV) takes its boundary's ``post``
+        (zero by default), see `message_stage`."""
         op = action.op
+        if op.is_comm:
+            return self.units[message_stage(action)][action.slice].post
+        u = self.units[action.stage][action.slice]
         if op is Op.F:
             return u.f
         if op is Op.B:
@@ -140,12 +149,24 @@ class Costs:
         wact: float = 0.0,
         inp: float = 0.0,
         comm: float = 0.0,
+        post: float = 0.0,
         static: tuple[float, ...] = (),
         copy_bandwidth: float = math.inf,
     ) -> Costs:
         """The same `UnitCost` for every stage and slice (unit-cost analyses)."""
-        unit = UnitCost(f=f, b=b, w=w, bw=bw, r=r, act=act, wact=wact, inp=inp, comm=comm)
+        unit = UnitCost(f=f, b=b, w=w, bw=bw, r=r, act=act, wact=wact, inp=inp, comm=comm, post=post)
         return cls(tuple((unit,) * k for _ in range(num_stages)), static, copy_bandwidth)
+
+
+def message_stage(action: Action) -> int:
+    """The stage whose output boundary a SEND/RECV moves: stage ``s``'s output for SEND_F(s) and
+    RECV_B(s) (its gradient comes back), stage ``s - 1``'s for RECV_F(s) and SEND_B(s); the same
+    unit whose ``comm`` the message pays."""
+    if action.op in (Op.SEND_F, Op.RECV_B):
+        return action.stage
+    if action.op in (Op.RECV_F, Op.SEND_B):
+        return action.stage - 1
+    raise ValueError(f"{action} is not a SEND/RECV")
 
 
 def _is_amount(value: object) -> bool:

@@ -5,8 +5,11 @@ order (an action never starts before the one before it in the program); the
 compute stream (F, B, W, BW, R) and the copy stream (OFFLOAD, RELOAD) each run
 one action at a time; an action starts once every dependency has ended, plus the
 sender unit's comm latency on a cross-rank edge. SEND/RECV (lowered schedules)
-are zero-time posts: a message arrives at the later of the SEND post plus
-latency and the RECV post, and its consumer waits for that. Memory follows the
+are posts: a message arrives at the later of the SEND post's end plus latency
+and the RECV post's end, and its consumer waits for that. A post takes its
+boundary's ``UnitCost.post`` (zero by default); one that takes time holds the
+rank's compute stream (the host thread that posts also runs the passes, as
+gloo's executor on CPU does) and counts as neither busy nor copy time. Memory follows the
 table in DESIGN.md: allocations at an action's start, frees at its end, frees
 first when both fall at the same instant. The schedule is checked by
 ``ir.verify``'s structural rules first.
@@ -145,12 +148,15 @@ def run_timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex) -> Timeline
                 if ready is None:
                     break
                 stream = action.op.stream
-                start = max(ready, issued[r], free[r][stream])
-                finish = start + costs.duration(action)
+                took = costs.duration(action)
+                # a post that takes time is the host thread's: it holds the compute stream
+                runs_on = Stream.COMPUTE if stream is Stream.COMM and took > 0 else stream
+                start = max(ready, issued[r], free[r][runs_on])
+                finish = start + took
                 end[action] = finish
                 issued[r] = start
-                if stream is not Stream.COMM:
-                    free[r][stream] = finish
+                if runs_on is not Stream.COMM:
+                    free[r][runs_on] = finish
                 spans[r].append(Span(r, action, start, finish, stream))
                 head[r] += 1
                 remaining -= 1

@@ -18,6 +18,7 @@ deadlock rule guarantees to agree on both sides).
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,7 @@ class Mailbox:
         self._width = max([1] + [len(b.tensors) for row in shapes for b in row])  # tags per message
         self._recvs: dict[Action, list[_InFlight]] = {}
         self._sends: list[_InFlight] = []
+        self.waited = 0.0  # seconds `take` has spent waiting for messages to arrive, all steps
 
     def post(self, actions: list[Action]) -> None:
         """Issue ``actions`` (consecutive SEND/RECV of the program) as one batch."""
@@ -129,8 +131,10 @@ class Mailbox:
             flights = self._recvs.pop(recv)
         except KeyError:
             raise CommError(f"rank {self.rank}: {recv} was not posted before the pass that needs it") from None
+        start = time.perf_counter()
         for flight in flights:
             self._wait(flight, "receiving")
+        self.waited += time.perf_counter() - start
         return [flight.tensor for flight in flights]
 
     def drain(self) -> None:

@@ -230,11 +230,14 @@ def comm_batches(program: Sequence[Action]) -> list[Action | list[Action]]:
 
 @dataclass(frozen=True, slots=True)
 class SpanRecord:
-    """When one action ran on this rank, in seconds since the step started."""
+    """When one action ran on this rank, in seconds since the step started; ``wait``: the part of
+    it spent waiting for a message to arrive (inside `Mailbox.take`), so ``end - start - wait`` is
+    the pass itself."""
 
     action: str
     start: float
     end: float
+    wait: float = 0.0
 
 
 @dataclass(slots=True)
@@ -247,6 +250,7 @@ class StepRecord:
     spans: list[SpanRecord] = field(default_factory=list)
     memory: list[tuple[float, int]] = field(default_factory=list)
     cuda_peak_bytes: int | None = None
+    started: float = 0.0  # when the step began on ``time.perf_counter``'s clock (one clock per machine on Linux)
 
 
 class RankExecutor:
@@ -299,7 +303,7 @@ class RankExecutor:
         clock = time.perf_counter
         t0 = clock()
         for item in self._plan:
-            start = clock()
+            start, waited = clock(), self.mailbox.waited
             if isinstance(item, list):
                 self.mailbox.post(item)
                 batch = item
@@ -310,7 +314,7 @@ class RankExecutor:
                 batch = [item]
             if record_spans:
                 end = clock()
-                spans += [SpanRecord(str(a), start - t0, end - t0) for a in batch]
+                spans += [SpanRecord(str(a), start - t0, end - t0, self.mailbox.waited - waited) for a in batch]
         self.mailbox.drain()
         if self.sync is not None:
             self.sync()
@@ -319,7 +323,7 @@ class RankExecutor:
             left = ", ".join(f"unit {u}" for u in self._units)
             raise RuntimeError(f"rank {self.rank}: step ended with unfinished units: {left}")
         loss = None if self._loss is None else float(self._loss)
-        return StepRecord(loss, seconds, self.tracker.peak, spans, list(self.tracker.curve))
+        return StepRecord(loss, seconds, self.tracker.peak, spans, list(self.tracker.curve), started=t0)
 
     # ------------------------------------------------------------------ handlers
 

@@ -11,13 +11,19 @@ plan), so what it measures is what the executor will hold and do:
 
 With ``k > 1`` every slice is profiled in order (later slices attend over more keys and values,
 so they cost more). Comm latency is not measured here: pass ``comm`` (`p2p_latency` measures one
-boundary message between two ranks). With a ``placement``, ``static`` is the bytes of the weights
-and their gradients on each rank (SGD keeps no other state). DESIGN.md names this module as the
-profiled-model source of costs.
+boundary message between two ranks, and the host time of posting it). With a ``placement``,
+``static`` is the bytes of the weights and their gradients on each rank (SGD keeps no other
+state). DESIGN.md names this module as the profiled-model source of costs.
+
+`costs_from_run` is the other source: the pass and post times a real run of a schedule recorded
+(``RunConfig(record_spans=True)``), as the zero-bubble authors' Megatron integration profiles the
+first iterations of training. It prices each pass as it runs inside the pipeline (with the other
+ranks computing and gloo's threads sharing the cores), which an isolated profile cannot see.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,15 +38,16 @@ from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import KVChain, StageRunner
 from backends.torch_exec.stages import Boundary, StageModule, TensorMeta, boundary_shapes, build_stages
 from backends.torch_exec.worker import first_microbatch, learn_weight_plans, ones_grads, probe_inputs, to_device
-from ir import Costs, Placement, UnitCost
+from ir import Action, Costs, Op, Placement, Schedule, UnitCost, parse_action
+from ir.costs import message_stage
 
-__all__ = ["p2p_latency", "profile_costs"]
+__all__ = ["costs_from_run", "p2p_costs", "p2p_latency", "profile_costs"]
 
 
 def profile_costs(
     spec: ModelSpec, num_stages: int, *, microbatch_size: int, m: int = 1, k: int = 1,
     stage_layers: Sequence[int] | None = None, repeats: int = 5, warmup: int = 1, device: str = "cpu",
-    comm: float = 0.0, placement: Placement | None = None,
+    comm: float = 0.0, post: float = 0.0, placement: Placement | None = None, evict: int = 16 << 20,
 ) -> Costs:
     """Measured `Costs` of ``spec`` split into ``num_stages`` stages, per stage and slice.
 
@@ -50,7 +57,12 @@ def profile_costs(
         k: sequence slices per microbatch.
         repeats, warmup: timed and untimed repetitions of every pass.
         comm: p2p latency (ms) to record for every stage.
+        post: host time (ms) to post one message (``UnitCost.post``), for every stage.
         placement: when given, ``static`` holds each rank's weight and gradient bytes.
+        evict: bytes swept through the caches before each timed pass on CPU (0: none). A pass in a
+            pipeline starts after other passes and gloo's threads have had the core, on cold
+            caches; timed back to back it runs hot (seq1f1b's k = 4 slices simulated 1.4-1.7x faster
+            without the sweep, benchmarks/step_time.py). The default is four times a 4 MiB L2.
     """
     dev = torch.device(device)
     modules = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers, device=dev)
@@ -61,7 +73,7 @@ def profile_costs(
     for s, module in modules.items():
         stage_in = probe_inputs(s, shapes, xs, dev)
         out_meta = shapes[s] if s < num_stages - 1 else None
-        rows.append(_profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm))
+        rows.append(_profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm, post, evict))
     static = ()
     if placement is not None:
         static = tuple(float(sum(2 * p.numel() * p.element_size() for s in placement.stages_of(r)
@@ -70,24 +82,26 @@ def profile_costs(
 
 
 def _profile_stage(module: StageModule, spec: ModelSpec, xs: list, ys: list,
-                   out_meta: list[Boundary] | None, m: int, k: int, repeats: int, warmup: int, comm: float
-                   ) -> tuple[UnitCost, ...]:
+                   out_meta: list[Boundary] | None, m: int, k: int, repeats: int, warmup: int, comm: float,
+                   post: float, evict: int) -> tuple[UnitCost, ...]:
     tracker = MemoryTracker()
     device = next(iter(module.parameters())).device
     runner = StageRunner(module, spec.loss_fn, 1.0 / (m * k), k, tracker, Copier(device), spec.seq_dim)
     learn_weight_plans(runner, xs, ys, out_meta)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    timer = _Timer(sync, evict if device.type == "cpu" else 0)
     samples: list[dict[str, list[float]]] = [{} for _ in range(k)]
     for n in range(warmup + repeats):
         keep = n >= warmup
-        _split_round(runner, xs, ys, out_meta, tracker, sync, samples if keep else None)
-        _fused_round(runner, xs, ys, out_meta, sync, samples if keep else None)
-        _recompute_round(runner, xs, ys, tracker, sync, samples if keep else None)
+        _split_round(runner, xs, ys, out_meta, tracker, timer, samples if keep else None)
+        _fused_round(runner, xs, ys, out_meta, timer, samples if keep else None)
+        _recompute_round(runner, xs, ys, tracker, timer, samples if keep else None)
     for p in module.parameters():
         p.grad = None
     med = [{key: statistics.median(values) for key, values in row.items()} for row in samples]
     return tuple(UnitCost(f=r["f"] * 1e3, b=r["b"] * 1e3, w=r["w"] * 1e3, bw=r["bw"] * 1e3, r=r["r"] * 1e3,
-                          act=r["act"], wact=min(r["wact"], r["act"]), inp=min(r["inp"], r["act"]), comm=comm)
+                          act=r["act"], wact=min(r["wact"], r["act"]), inp=min(r["inp"], r["act"]), comm=comm,
+                          post=post)
                  for r in med)
 
 
@@ -100,6 +114,21 @@ def _units(runner: StageRunner, xs: list[Tensor], ys: list[Tensor], recompute: b
 
 def _grad(out_meta: list[Boundary] | None, slice_: int, device: torch.device) -> list[Tensor] | None:
     return None if out_meta is None else ones_grads(out_meta[slice_], device)
+
+
+class _Timer:
+    """Times one pass: waits for the device, sweeps ``evict`` bytes through the CPU caches (so the
+    pass starts as cold as in a pipeline, where other microbatches' and stages' passes and the
+    comm threads ran since), then times the pass alone."""
+
+    def __init__(self, sync, evict: int) -> None:
+        self.sync = sync
+        self.sweep = torch.zeros(evict // 4) if evict > 0 else None
+
+    def __call__(self, fn) -> float:
+        if self.sweep is not None:
+            self.sweep.add_(1.0)
+        return _timed(fn, self.sync)
 
 
 def _timed(fn, sync) -> float:
@@ -115,34 +144,34 @@ def _put(samples, j: int, key: str, value: float) -> None:
         samples[j].setdefault(key, []).append(value)
 
 
-def _split_round(runner, xs, ys, out_meta, tracker, sync, samples) -> None:
+def _split_round(runner, xs, ys, out_meta, tracker, timer, samples) -> None:
     """F of every slice, then B in reverse slice order, then W: times, act and wact."""
     units = _units(runner, xs, ys)
     for unit in units:
         before = tracker.level
-        _put(samples, unit.slice, "f", _timed(lambda u=unit: runner.forward(u), sync))
+        _put(samples, unit.slice, "f", timer(lambda u=unit: runner.forward(u)))
         _put(samples, unit.slice, "act", tracker.level - before)
     for unit in reversed(units):
         held = tracker.level
         grad = _grad(out_meta, unit.slice, runner.copier.device)
-        _put(samples, unit.slice, "b", _timed(lambda u=unit, g=grad: runner.backward_input(u, g), sync))
+        _put(samples, unit.slice, "b", timer(lambda u=unit, g=grad: runner.backward_input(u, g)))
         _put(samples, unit.slice, "freed_b", held - tracker.level)
     for unit in units:
         held = tracker.level
-        _put(samples, unit.slice, "w", _timed(lambda u=unit: runner.backward_weight(u), sync))
+        _put(samples, unit.slice, "w", timer(lambda u=unit: runner.backward_weight(u)))
         _put(samples, unit.slice, "wact", held - tracker.level)
 
 
-def _fused_round(runner, xs, ys, out_meta, sync, samples) -> None:
+def _fused_round(runner, xs, ys, out_meta, timer, samples) -> None:
     units = _units(runner, xs, ys, split=False)
     for unit in units:
         runner.forward(unit)
     for unit in reversed(units):
         grad = _grad(out_meta, unit.slice, runner.copier.device)
-        _put(samples, unit.slice, "bw", _timed(lambda u=unit, g=grad: runner.backward_full(u, g), sync))
+        _put(samples, unit.slice, "bw", timer(lambda u=unit, g=grad: runner.backward_full(u, g)))
 
 
-def _recompute_round(runner, xs, ys, tracker, sync, samples) -> None:
+def _recompute_round(runner, xs, ys, tracker, timer, samples) -> None:
     """A graph-less F (keeps the input: ``inp``), then R (timed), then a fused backward."""
     units = _units(runner, xs, ys, recompute=True, split=False)
     for unit in units:
@@ -150,19 +179,29 @@ def _recompute_round(runner, xs, ys, tracker, sync, samples) -> None:
         runner.forward(unit)
         _put(samples, unit.slice, "inp", tracker.level - before)
     for unit in reversed(units):
-        _put(samples, unit.slice, "r", _timed(lambda u=unit: runner.recompute(u), sync))
+        _put(samples, unit.slice, "r", timer(lambda u=unit: runner.recompute(u)))
         runner.backward_full(unit, None if runner.module.is_last else
                              [torch.ones_like(r) for r in unit.roots[:unit.n_roots]])
 
 
 def p2p_latency(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
                 device: str | torch.device = "cpu", group=None) -> float:
-    """One boundary message's one-way time (ms) between this rank and ``peer``, measured: half the
-    median round trip of a ping-pong, each leg posted as the executor's ``Mailbox`` posts a message
-    (one ``batch_isend_irecv``, one op per tensor of ``metas``; the same tensors travel back, as a
-    boundary's gradient does). This is what to pass as ``profile_costs(comm=...)``: ``ir.simulate``
-    adds it to every cross-rank boundary edge. Both ranks call it (the lower one pings); both get the
-    lower rank's measurement.
+    """One boundary message's one-way time (ms) between this rank and ``peer``: `p2p_costs`' first value."""
+    return p2p_costs(metas, rank=rank, peer=peer, repeats=repeats, warmup=warmup, device=device, group=group)[0]
+
+
+def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
+              device: str | torch.device = "cpu", group=None) -> tuple[float, float]:
+    """``(comm, post)`` in ms for one boundary message between this rank and ``peer``, measured by
+    a ping-pong whose every leg is posted as the executor's ``Mailbox`` posts a message (one
+    ``batch_isend_irecv``, one op per tensor of ``metas``; the same tensors travel back, as a
+    boundary's gradient does). ``comm``, half the median round trip, is what ``ir.simulate`` adds
+    to every cross-rank boundary edge (`profile_costs(comm=...)`); ``post``, the median time inside
+    ``batch_isend_irecv``, is ``UnitCost.post``, the host time a SEND or RECV of a lowered schedule
+    takes. A post costs more between two passes than in a tight loop (cold caches), so ``post`` is
+    timed as in a pipeline: the lower rank posts a send, then a receive, each between two spells of
+    compute while the peer computes, the receive ahead of its send (`_loaded_posts`). Both ranks call it (the lower one
+    pings); both get the lower rank's measurement. `costs_from_run` measures posts in a real run.
 
     Args:
         metas: the tensors of one boundary message (e.g. ``boundary_shapes(...)[s][j].tensors``).
@@ -192,6 +231,103 @@ def p2p_latency(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: i
         sync()
         if n >= warmup:
             samples.append(time.perf_counter() - start)
-    result = torch.tensor([statistics.median(samples) * 1e3 / 2], dtype=torch.float64, device=dev)
+    posts = _loaded_posts(out, back, peer, group, pinger, repeats, warmup, sync)
+    result = torch.tensor([statistics.median(samples) * 1e3 / 2, statistics.median(posts) * 1e3 if pinger else 0.0],
+                          dtype=torch.float64, device=dev)  # the peer's values are overwritten by the pinger's
     leg(dist.isend if pinger else dist.irecv, [result])
-    return float(result.item())
+    return float(result[0].item()), float(result[1].item())
+
+
+def _busy(seconds: float, work: Tensor) -> None:
+    """Compute (small matmuls on ``work``'s device) for about ``seconds``, as a pass would."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        torch.mm(work, work)
+
+
+def _loaded_posts(out: list[Tensor], back: list[Tensor], peer: int, group, pinger: bool, repeats: int,
+                  warmup: int, sync) -> list[float]:
+    """The pinger's post times (s) of a send and of a receive, taking turns, each posted as in a
+    pipeline: between two passes of its own while the peer computes, the receive posted before the
+    matching send (as ``ir.lower`` posts them on gloo). The spells of compute work on 1 MiB
+    matrices, more than a core's L2 cache holds, as a pass's activations and weights do: a post
+    right after a pass runs on cold caches, which is most of why it costs 2-3x a post in a
+    ping-pong loop (measured on gloo: 0.18-0.27 against 0.07-0.14 ms with 64 x 64 matrices).
+    The peer's times are not kept."""
+    work = torch.ones(512, 512, device=out[0].device)
+    posts: list[float] = []
+
+    def post(op, tensors: list[Tensor]) -> tuple[list, float]:
+        start = time.perf_counter()
+        works = dist.batch_isend_irecv([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)])
+        return works, time.perf_counter() - start
+
+    for n in range(2 * (warmup + repeats)):
+        sending = n % 2 == 0  # the pinger's op this turn: a send, then a receive
+        if pinger:
+            _busy(5e-4, work)  # the end of a pass
+            works, took = post(dist.isend if sending else dist.irecv, out if sending else back)
+            _busy(1e-3, work)  # the next pass
+            if n >= 2 * warmup:
+                posts.append(took)
+        elif sending:  # the pinger sends: our receive is already posted while we compute
+            works, _ = post(dist.irecv, back)
+            _busy(2e-3, work)
+        else:  # the pinger receives (posted early): we send after a pass
+            _busy(1e-3, work)
+            works, _ = post(dist.isend, out)
+            _busy(1e-3, work)
+        for w in works:
+            w.wait()
+        sync()
+    return posts
+
+
+_PASS_FIELD = {Op.F: "f", Op.B: "b", Op.W: "w", Op.BW: "bw", Op.R: "r"}
+
+
+def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs, *, skip: int = 1) -> Costs:
+    """``base`` with the times a recorded run measured: each pass's time (F, B, W, BW, R; the
+    mean over its units and steps of span length less the time it waited for a message) and
+    each boundary's ``post`` (the mean host time per SEND/RECV posted: a batch's span over its
+    actions). Means, not medians: a step is a sum of these times, and inside a pipeline posts
+    have a heavy tail (on gloo with both cores computing, about one batch in 40 takes 5-9 ms
+    against a median of 0.45 ms) that a median would drop. What the run did not do (a pass, a
+    boundary's posts) keeps ``base``'s value, as do bytes, ``comm`` and static memory.
+
+    Args:
+        schedule: the lowered schedule the run executed (``prepare_schedule``'s result).
+        records: ``records[rank]`` is that rank's list of `StepRecord` s, recorded with spans.
+        skip: leading steps of each rank left out (warm-up).
+    """
+    if len(records) != schedule.p:
+        raise ValueError(f"records of {len(records)} ranks for a schedule of {schedule.p}")
+    passes: dict[tuple[int, int, str], list[float]] = {}
+    posts: dict[tuple[int, int], list[float]] = {}
+    for steps in records:
+        for step in list(steps)[skip:]:
+            if not step.spans:
+                raise ValueError("the run recorded no spans: run it with RunConfig(record_spans=True)")
+            batches: dict[tuple[float, float], list[Action]] = {}  # one batch of posts shares one span
+            for span in step.spans:
+                action = parse_action(span.action)
+                if action.op.is_comm:
+                    batches.setdefault((span.start, span.end), []).append(action)
+                elif action.op in _PASS_FIELD:
+                    key = (action.stage, action.slice, _PASS_FIELD[action.op])
+                    passes.setdefault(key, []).append((span.end - span.start - span.wait) * 1e3)
+            for (start, end), actions in batches.items():
+                for action in actions:
+                    posts.setdefault((message_stage(action), action.slice), []).append(
+                        (end - start) * 1e3 / len(actions))
+    rows = []
+    for s, row in enumerate(base.units):
+        out = []
+        for j, unit in enumerate(row):
+            got = {name: statistics.fmean(passes[(s, j, name)]) for name in _PASS_FIELD.values()
+                   if (s, j, name) in passes}
+            if (s, j) in posts:
+                got["post"] = statistics.fmean(posts[(s, j)])
+            out.append(dataclasses.replace(unit, **got))
+        rows.append(tuple(out))
+    return Costs(tuple(rows), base.static, base.copy_bandwidth)

@@ -140,6 +140,28 @@ def test_lowered_schedule_simulates_like_compute_only():
     assert lowered.makespan == plain.makespan == 10
 
 
+def test_posts_that_take_time_hold_the_compute_stream():
+    # p=2, m=1, F=1, BW=2, comm 0.5, post 0.25 (UnitCost.post: each SEND/RECV holds its rank's compute stream).
+    # rank 0: 0F0 [0,1], 0SEND_F0 [1,1.25], 0RECV_B0 [1.25,1.5]; rank 1: 1RECV_F0 [0,0.25],
+    # 1F0 at max(send end 1.25 + 0.5, recv end 0.25) -> [1.75,2.75], 1BW0 [2.75,4.75], 1SEND_B0 [4.75,5];
+    # 0BW0 at max(5 + 0.5, 1.5) -> [5.5,7.5]: the free-post makespan 7 plus the two posts on the path.
+    schedule = lower(one_f_one_b(2, 1))
+    assert [list(map(str, prog)) for prog in schedule.ranks] == [
+        ["0F0", "0SEND_F0", "0RECV_B0", "0BW0"], ["1RECV_F0", "1F0", "1BW0", "1SEND_B0"]]
+    timeline = simulate(schedule, Costs.uniform(2, comm=0.5, post=0.25))
+    assert _spans(timeline) == {"0F0": (0, 1), "0SEND_F0": (1, 1.25), "0RECV_B0": (1.25, 1.5), "0BW0": (5.5, 7.5),
+                                "1RECV_F0": (0, 0.25), "1F0": (1.75, 2.75), "1BW0": (2.75, 4.75),
+                                "1SEND_B0": (4.75, 5)}
+    assert timeline.makespan == 7.5 == simulate(schedule, Costs.uniform(2, comm=0.5)).makespan + 2 * 0.25
+    assert timeline.busy == (3, 3)  # posts are neither compute nor copy time
+    # a post delays the compute after it: 0F1 waits for 0SEND_F0 to end in 1F1B at m=2
+    two = simulate(lower(one_f_one_b(2, 2)), Costs.uniform(2, post=0.25))
+    assert two.span("0F1").start == two.span("0SEND_F0").end == 1.25
+    # an unlowered schedule has no posts and ignores the field
+    assert simulate(one_f_one_b(2, 2), Costs.uniform(2, post=0.25)).makespan == simulate(
+        one_f_one_b(2, 2), Costs.uniform(2)).makespan
+
+
 def test_1f1b_closed_form_bubble():
     # 1F1B with F=1, BW=2: makespan (m+p-1)*3, bubble (p-1)/(m+p-1) (Narayanan et al. 2021, sec. 2.2)
     for p, m in [(2, 4), (4, 8), (8, 16)]:

@@ -1,0 +1,255 @@
+"""The executor's measured step time against ir.simulate's makespan, on profiled and on run-measured costs.
+
+Writes ``benchmarks/results/step_time.md``. The schedules in ``TIMED`` (``--only``) run on our
+executor (gloo on CPU, the model, batch and processes of ``benchmarks/executor.py``) and are
+simulated by ``ir.simulate`` on the lowered schedule the executor runs (``prepare_schedule``:
+the same SEND/RECV posts in the same places), with two sources of costs:
+
+- profiled (the target's): ``profile_costs`` (F, B, W, BW and R timed in one worker process, one
+  torch thread, the other rank idle) plus, from a gloo ping-pong of the model's boundary tensor
+  between the two ranks (``profile.p2p_costs``), ``comm`` (half the median round trip, added to
+  every cross-rank boundary edge) and ``post`` (the median host time inside one
+  ``batch_isend_irecv``, which every SEND/RECV holds the rank's compute stream for). Every run of a
+  row measures these afresh and then times the schedule; the error is the worst run's.
+- run-measured (``profile.costs_from_run``): the pass and post times the timed run itself recorded
+  (each pass's span less the time it waited for a message; each SEND/RECV's share of its batch's
+  post), the bytes and ``comm`` as profiled. Simulating a run on its own pass times leaves out
+  the profile's error and the machine's drift between profile and run, and measures what the
+  simulator's rules themselves miss: how the passes, posts and messages compose into a step.
+
+Every timed run records spans (a clock read per action, the same in every row). A step's time is
+the slowest rank's, barrier to end of its program; a run's time is the median of ``STEPS`` steps
+after ``WARMUP`` untimed ones. The last run's spans split the gap between measured and simulated
+(profiled costs) into slower passes, posts, copies and waits (`in_run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from backends.torch_exec.executor import prepare_schedule
+from backends.torch_exec.launch import WorkerGroup
+from backends.torch_exec.model import tiny_gpt
+from backends.torch_exec.profile import costs_from_run, p2p_costs, profile_costs
+from backends.torch_exec.worker import RunConfig, run_rank
+from ir import Costs, Op, Schedule, Stream, parse_action, simulate
+from ir.files import write_new
+
+
+def _load_executor_bench():
+    """benchmarks/executor.py as a module: the model, batch, schedules and machine helpers it defines."""
+    spec = importlib.util.spec_from_file_location("executor_bench", Path(__file__).with_name("executor.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EX = _load_executor_bench()
+OUT = Path(__file__).resolve().parent / "results" / "step_time.md"
+WARMUP, STEPS, RUNS = 2, 10, 3  # a row's target depends on its RUNS runs: the worst is reported
+PROFILE_REPEATS, PROFILE_WARMUP, PING_REPEATS = 10, 2, 50
+TARGET = 0.10
+# one of each family, recompute and offload included (a row takes 15-40 s)
+TIMED = ("gpipe", "1f1b", "1f1b-recompute", "interleaved", "zb-h1", "zb-v", "seq1f1b", "po-h", "chronos-recomp")
+
+
+def ping_task(metas: list, *, rank: int, world_size: int, device: torch.device) -> tuple[float, float]:
+    """``(comm, post)`` in ms for one boundary message between the two ranks (gloo ping-pong)."""
+    return p2p_costs(metas, rank=rank, peer=1 - rank, repeats=PING_REPEATS, device=device)
+
+
+def profile_task(spec, num_stages: int, k: int, comm: float, post: float, *, rank: int, world_size: int,
+                 device: torch.device) -> Costs | None:
+    """`profile_costs` on both ranks at once (one process, one torch thread each, as the ranks run),
+    so the passes are timed with both cores computing, as in the pipeline; rank 0's result is used."""
+    return profile_costs(spec, num_stages, microbatch_size=EX.MICROBATCH, m=EX.M, k=k, repeats=PROFILE_REPEATS,
+                         warmup=PROFILE_WARMUP, comm=comm, post=post)
+
+
+def step_ms(results: list) -> float:
+    """Median over the timed steps of the slowest rank's step time (ms)."""
+    return statistics.median(max(r.steps[n].seconds for r in results) for n in range(WARMUP, WARMUP + STEPS)) * 1e3
+
+
+def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]:
+    rows = []
+    for name in names:
+        schedule = EX._build(name)
+        spec = tiny_gpt(layers=schedule.num_stages, **EX.MODEL)
+        lowered = prepare_schedule(schedule, spec, early_recvs=True)  # what the executor runs on gloo
+        cfg = RunConfig(schedule, spec, EX.MICROBATCH * EX.M, steps=WARMUP + STEPS, timeout=EX.TIMEOUT,
+                        record_spans=True)
+        metas = EX._boundary_metas(spec, schedule)
+        row = {"name": name, "k": schedule.k, "comm": [], "post": [], "run_post": [], "sim": [], "sim_run": [],
+               "measured": []}
+        ticks = EX._cpu_ticks()
+        for _ in range(runs):
+            comm, post = group.run(ping_task, metas)[0]
+            costs = group.run(profile_task, spec, schedule.num_stages, schedule.k, comm, post)[0]
+            spans = group.run(run_rank, cfg)
+            measured_costs = costs_from_run(lowered, [r.steps for r in spans], costs, skip=WARMUP)
+            row["comm"].append(comm)
+            row["post"].append(post)
+            row["run_post"].append(statistics.median(u.post for stage in measured_costs.units[:-1] for u in stage))
+            row["sim"].append(simulate(lowered, costs).makespan)  # ms, as profile_costs measures
+            row["sim_run"].append(simulate(lowered, measured_costs).makespan)
+            row["measured"].append(step_ms(spans))
+        row["err"] = _worst(row["measured"], row["sim"])
+        row["err_run"] = _worst(row["measured"], row["sim_run"])
+        row["others"] = EX._others_cores(ticks)
+        row.update(in_run(lowered, spans, costs))
+        print(f"time {name}: measured {_ms(row['measured'])} ms; simulated on profiled costs {_ms(row['sim'])} ms, "
+              f"worst error {row['err']:+.1%}; on run-measured costs {_ms(row['sim_run'])} ms, worst error "
+              f"{row['err_run']:+.1%}; comm {_ms(row['comm'], 3)}, post {_ms(row['post'], 3)} (in the run "
+              f"{_ms(row['run_post'], 3)}) ms; gap {_gap(row)}; others {row['others']:.2f} cores", flush=True)
+        rows.append(row)
+    return rows
+
+
+def _worst(measured: list[float], simulated: list[float]) -> float:
+    """The largest (measured - simulated) / simulated by size, sign kept."""
+    return max(((t - s) / s for t, s in zip(measured, simulated, strict=True)), key=abs)
+
+
+def in_run(lowered: Schedule, results: list, costs: Costs) -> dict[str, float]:
+    """Where a spans run's step went against ``simulate(lowered, costs)`` (ms, means over the
+    timed steps, on the rank with the longest step).
+
+    The gap (measured step - simulated makespan) splits into ``passes`` (each pass's time less its
+    waits, over its profiled time), ``posts`` (inside ``batch_isend_irecv``, over the simulated
+    posts' time), ``copies`` (OFFLOAD/RELOAD, plain copies on CPU's compute thread, free in the
+    profile) and ``waits``, the rest: waiting for messages beyond the simulated idle time.
+    ``slowdown``: all passes' time less waits over their profiled time, both ranks.
+    """
+    timeline = simulate(lowered, costs)
+    sim_posts = [0.0] * lowered.p
+    for span in timeline.spans:
+        if span.stream is Stream.COMM:
+            sim_posts[span.rank] += span.end - span.start
+    per_rank = []
+    for r in results:
+        acc = dict.fromkeys(("step", "passes", "passes_prof", "posts", "copies"), 0.0)
+        for step in r.steps[WARMUP:]:
+            acc["step"] += step.seconds * 1e3 / STEPS
+            batches = set()  # the actions of one batch of comm posts share one span
+            for span in step.spans:
+                a, took = parse_action(span.action), (span.end - span.start) * 1e3 / STEPS
+                if a.op.is_comm:
+                    if (span.start, span.end) not in batches:
+                        batches.add((span.start, span.end))
+                        acc["posts"] += took
+                elif a.op in (Op.OFFLOAD, Op.RELOAD):
+                    acc["copies"] += took
+                else:
+                    acc["passes"] += took - span.wait * 1e3 / STEPS
+                    acc["passes_prof"] += costs.duration(a) / STEPS
+        acc["sim_posts"] = sim_posts[r.rank]
+        per_rank.append(acc)
+    slow = max(per_rank, key=lambda x: x["step"])
+    gap = slow["step"] - timeline.makespan
+    parts = {"passes": slow["passes"] - slow["passes_prof"], "posts": slow["posts"] - slow["sim_posts"],
+             "copies": slow["copies"]}
+    return {"gap": gap, **parts, "waits": gap - sum(parts.values()),
+            "slowdown": sum(x["passes"] for x in per_rank) / sum(x["passes_prof"] for x in per_rank)}
+
+
+def _gap(row: dict, sep: str = " = ", between: str = " ") -> str:
+    parts = (f"{row[key]:+.1f}" for key in ("passes", "posts", "copies", "waits"))
+    return f"{row['gap']:+.1f}{sep}" + between.join(parts)
+
+
+def _ms(values: list[float], digits: int = 1) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def render(rows: list[dict], seconds: float, runs: int) -> str:
+    ok = lambda err: "yes" if abs(err) <= TARGET else "no"  # noqa: E731
+    lines = [
+        "# Step time: the executor against `ir.simulate`",
+        "",
+        f"Machine: {os.cpu_count()}-core {platform.machine()} CPU ({EX._cpu_name()}), torch {torch.__version__}, "
+        f"gloo, one process and one torch thread per rank. Model: tiny-gpt, hidden {EX.MODEL['hidden']}, "
+        f"{EX.MODEL['heads']} heads, seq {EX.MODEL['seq_len']}, vocab {EX.MODEL['vocab']}, one block per stage, "
+        f"fp32; p = {EX.P} ranks, m = {EX.M} microbatches of {EX.MICROBATCH} sequences. Written by "
+        f"`python benchmarks/step_time.py` in {seconds:.0f} s.",
+        "",
+        f"Measured: our executor's step (slowest rank, barrier to end of program; median of {STEPS} steps after "
+        f"{WARMUP} warm-up). Simulated: `ir.simulate` of the lowered schedule the executor runs "
+        "(`prepare_schedule`, receives posted early on gloo). Profiled costs: `profile_costs(..., "
+        f"repeats={PROFILE_REPEATS}, warmup={PROFILE_WARMUP})` (each pass timed alone, the other rank idle) with "
+        f"`comm` and `post` from {PING_REPEATS} gloo ping-pongs of the boundary tensor (`profile.p2p_costs`); "
+        f"each of {runs} runs of a row measures them and times the schedule afresh, listed run by run; `worst "
+        "error` is the worst run's (measured - simulated) / simulated. Run-measured costs: `costs_from_run` on "
+        "the same run's spans (pass times less their waits; `post` per SEND/RECV as posted in the pipeline, the "
+        "`in-run post` column), so that column's error is the simulator's rules alone, with no profile error and "
+        f"no drift between profile and run. Target: within {TARGET:.0%} on profiled costs. `gap`: the last run's "
+        "step minus its profiled simulation, split as passes + posts + copies + waits (passes' own time over "
+        "profiled, posts over simulated posts, OFFLOAD/RELOAD copies on the compute thread (free in the profile), "
+        "and the rest, waiting for messages); `slowdown`: the passes' own time in the pipeline over profiled, "
+        "both ranks. `others`: cores other processes (and hypervisor steal) used while the row ran.",
+        "",
+        "| schedule | k | comm ms | post ms | simulated ms (profiled) | measured ms | worst error | within 10% | "
+        "in-run post ms | simulated ms (run-measured) | worst error | within 10% | gap ms | passes | posts | "
+        "copies | waits | slowdown | others |",
+        "| --- " * 19 + "|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['k']} | {_ms(r['comm'], 3)} | {_ms(r['post'], 3)} | {_ms(r['sim'])} | "
+            f"{_ms(r['measured'])} | {r['err']:+.1%} | {ok(r['err'])} | {_ms(r['run_post'], 3)} | "
+            f"{_ms(r['sim_run'])} | "
+            f"{r['err_run']:+.1%} | {ok(r['err_run'])} | {_gap(r, ' | ', ' | ')} | {r['slowdown']:.2f} | "
+            f"{r['others']:.2f} |")
+    if rows:
+        lines += ["", summary(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict]) -> str:
+    """What the rows say, in numbers computed from them."""
+    within = sum(abs(r["err"]) <= TARGET for r in rows)
+    within_run = sum(abs(r["err_run"]) <= TARGET for r in rows)
+    gap = sum(r["gap"] for r in rows)
+    share = {key: sum(r[key] for r in rows) / gap for key in ("passes", "posts", "copies", "waits")} if gap else {}
+    spread = max((max(r["sim"]) - min(r["sim"])) / min(r["sim"]) for r in rows)
+    mspread = max((max(r["measured"]) - min(r["measured"])) / min(r["measured"]) for r in rows)
+    post = statistics.median(p for r in rows for p in r["post"])
+    run_post = statistics.median(p for r in rows for p in r["run_post"])
+    text = (f"{within} of {len(rows)} schedules within {TARGET:.0%} on profiled costs, {within_run} of {len(rows)} "
+            f"on run-measured costs. A post costs {post:.3f} ms between idle ranks and {run_post:.3f} ms inside the "
+            f"pipeline (medians). The profiled simulation moves up to {spread:.0%} between the runs of a row, the "
+            f"measured step up to {mspread:.0%}.")
+    if share:
+        text += (f" Of the gaps summed over the rows: passes {share['passes']:.0%}, posts {share['posts']:.0%}, "
+                 f"copies {share['copies']:.0%}, waits {share['waits']:.0%}.")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help=f"comma-separated schedule names (default: {', '.join(TIMED)})")
+    parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per schedule, the worst reported "
+                        f"(default {RUNS})")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where to write the table (default {OUT})")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(TIMED)
+    start = time.perf_counter()
+    with WorkerGroup(EX.P, timeout=EX.TIMEOUT, threads=1) as group:
+        rows = timing(group, names, args.runs)
+    text = render(rows, time.perf_counter() - start, args.runs)
+    write_new(args.out, text, overwrite=True)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

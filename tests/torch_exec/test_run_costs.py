@@ -1,0 +1,83 @@
+"""Costs measured from a real run (`costs_from_run`), the post time of a message (`p2p_costs`) and the
+wait time each span records. Hand-built records give the expected means exactly; real gloo runs
+check what only a run can show (waits inside their spans, the same measurement on both ranks)."""
+
+import math
+
+import pytest
+
+from backends.torch_exec.executor import SpanRecord, StepRecord, prepare_schedule
+from backends.torch_exec.model import tiny_gpt
+from backends.torch_exec.profile import costs_from_run, p2p_costs
+from backends.torch_exec.stages import boundary_shapes
+from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
+from ir import Costs, Op, UnitCost, lower, parse_action, simulate
+from ir.examples import one_f_one_b
+
+
+def _step(spans):
+    return StepRecord(None, 0.01, 0, [SpanRecord(*s) for s in spans])
+
+
+def test_costs_from_run_takes_means_of_pass_time_less_waits_and_posts_per_action():
+    schedule = lower(one_f_one_b(2, 2))  # rank 0: 0F0 0SEND_F0 0F1 0SEND_F0 ...; rank 1 receives
+    base = Costs(((UnitCost(f=9, b=9, w=9, act=5, wact=2, inp=1, comm=0.3, post=0.7),),
+                  (UnitCost(f=9, b=9, w=9, act=6, comm=0.4, post=0.8),)), static=(10.0, 20.0))
+    warm = [_step([("0F0", 0, 1)]), _step([("1F0", 0, 1)])]  # left out by skip=1
+    rank0 = [warm[0], _step([("0F0", 0.000, 0.002), ("0SEND_F0", 0.002, 0.003),
+                             ("0F1", 0.003, 0.007), ("0SEND_F1", 0.007, 0.008), ("0RECV_B0", 0.007, 0.008)]),
+             _step([("0F0", 0.000, 0.003)])]
+    # 1F0 waited 3 ms of its 4 ms span: 1 ms of pass; 1F1 waited 0 of 2 ms
+    rank1 = [warm[1], _step([("1RECV_F0", 0.0, 0.0005), ("1F0", 0.0005, 0.0045, 0.003),
+                             ("1RECV_F1", 0.0045, 0.0055), ("1F1", 0.0055, 0.0075, 0.0)])]
+    costs = costs_from_run(schedule, [rank0, rank1], base, skip=1)
+    s0, s1 = costs.unit(0), costs.unit(1)
+    assert s0.f == pytest.approx(3.0)  # mean of 2, 4 and 3 ms
+    assert s1.f == pytest.approx(1.5)  # mean of 4 - 3 = 1 and 2 - 0 = 2 ms
+    # posts of boundary 0: SEND_F0 1 ms, a batch of two actions over 1 ms gives 0.5 each, RECV_F0 0.5, RECV_F1 1:
+    # mean of (1, 0.5, 0.5, 0.5, 1) = 0.7
+    assert s0.post == pytest.approx(0.7)
+    assert (s0.b, s0.w, s1.b, s1.w) == (9, 9, 9, 9)  # not run: the base's
+    assert s1.post == 0.8  # stage 1 is the last: no boundary of its own, the base's value stays
+    assert (s0.act, s0.wact, s0.inp, s0.comm, s1.act, s1.comm) == (5, 2, 1, 0.3, 6, 0.4)
+    assert costs.static == (10.0, 20.0)
+
+
+def test_costs_from_run_refuses_records_that_do_not_fit():
+    schedule = lower(one_f_one_b(2, 1))
+    base = Costs.uniform(2)
+    with pytest.raises(ValueError, match="records of 1 ranks for a schedule of 2"):
+        costs_from_run(schedule, [[_step([("0F0", 0, 1)])]], base, skip=0)
+    with pytest.raises(ValueError, match="record_spans=True"):
+        costs_from_run(schedule, [[_step([])], [_step([])]], base, skip=0)
+
+
+def _ping(metas, *, rank, world_size, device):
+    return p2p_costs(metas, rank=rank, peer=1 - rank, repeats=5, warmup=1, device=device)
+
+
+def test_a_recorded_run_prices_every_pass_and_post_and_its_waits_fit_inside_their_spans(group2):
+    schedule = one_f_one_b(2, 4)
+    spec = tiny_gpt(layers=2)
+    lowered = prepare_schedule(schedule, spec, early_recvs=True)
+    results = group2.run(run_rank, RunConfig(schedule, spec, 8, steps=2, record_spans=True))
+    for r in results:
+        for step in r.steps:
+            assert step.started > 0
+            for span in step.spans:
+                assert 0 <= span.wait <= span.end - span.start + 1e-6, span
+                if span.wait > 0:  # only a pass that takes a message from the other rank waits
+                    a = parse_action(span.action)
+                    assert a.op in (Op.F, Op.BW) and (a.stage, a.op) in ((1, Op.F), (0, Op.BW)), span
+    base = Costs.uniform(2, f=0, b=0, w=0, bw=0)
+    costs = costs_from_run(lowered, [r.steps for r in results], base)
+    for u in costs.units[0] + costs.units[1]:
+        assert u.f > 0 and u.bw > 0
+    assert costs.unit(0).post > 0  # boundary 0's SEND/RECV, posted on both ranks
+    assert simulate(lowered, costs).makespan > 0
+    inputs, _ = spec.make_batch(8, 0)
+    metas = boundary_shapes(spec, 2, first_microbatch(inputs, 4))[0][0].tensors
+    got = group2.run(_ping, metas)
+    assert got[0] == got[1]  # the lower rank's measurement, sent to the other
+    comm, post = got[0]
+    assert 0 < comm < 1e3 and 0 < post < 1e3 and all(math.isfinite(x) for x in got[0])
