@@ -43,9 +43,9 @@ from torch.distributed.pipelining.schedules import _PipelineScheduleRuntime
 from backends.torch_exec.launch import WorkerGroup
 from backends.torch_exec.model import tiny_gpt
 from backends.torch_exec.profile import profile_costs
-from backends.torch_exec.stages import boundary_shapes, build_stages
-from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
-from ir import Op, Schedule, simulate
+from backends.torch_exec.stages import build_stages
+from backends.torch_exec.worker import RunConfig, run_rank
+from ir import Op, simulate
 from ir.files import write_new
 from ir.torch_csv import from_torch_csv, to_torch_csv
 from synth.baselines import BASELINES, build
@@ -153,12 +153,6 @@ def memory(group: WorkerGroup, names: list[str]) -> list[dict]:
         print(f"memory {name}: measured {measured}, predicted {predicted}, max error {err:.1%}", flush=True)
     return rows
 
-
-
-def _boundary_metas(spec, schedule: Schedule) -> list:
-    """The tensors of one boundary message of ``schedule`` (slice 0 of stage 0's output)."""
-    inputs, _ = spec.make_batch(MICROBATCH * M, 0)
-    return boundary_shapes(spec, schedule.num_stages, first_microbatch(inputs, M), k=schedule.k)[0][0].tensors
 
 
 def _cpu_ticks() -> tuple[float, int, int]:

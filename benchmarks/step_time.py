@@ -39,9 +39,10 @@ import torch
 from backends.torch_exec.executor import prepare_schedule
 from backends.torch_exec.launch import WorkerGroup
 from backends.torch_exec.model import tiny_gpt
-from backends.torch_exec.profile import costs_from_run, p2p_costs, profile_costs
-from backends.torch_exec.worker import RunConfig, run_rank
-from ir import Costs, Op, Schedule, Stream, parse_action, simulate
+from backends.torch_exec.profile import costs_from_run, p2p_costs, post_batches, profile_costs
+from backends.torch_exec.stages import boundary_shapes
+from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
+from ir import Costs, Op, Schedule, Stream, Timeline, parse_action, simulate
 from ir.files import write_new
 
 
@@ -75,6 +76,12 @@ def profile_task(spec, num_stages: int, k: int, comm: float, post: float, *, ran
                          warmup=PROFILE_WARMUP, comm=comm, post=post)
 
 
+def boundary_metas(spec, schedule: Schedule) -> list:
+    """The tensors of one boundary message of ``schedule`` (slice 0 of stage 0's output)."""
+    inputs, _ = spec.make_batch(EX.MICROBATCH * EX.M, 0)
+    return boundary_shapes(spec, schedule.num_stages, first_microbatch(inputs, EX.M), k=schedule.k)[0][0].tensors
+
+
 def step_ms(results: list) -> float:
     """Median over the timed steps of the slowest rank's step time (ms)."""
     return statistics.median(max(r.steps[n].seconds for r in results) for n in range(WARMUP, WARMUP + STEPS)) * 1e3
@@ -88,7 +95,7 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
         lowered = prepare_schedule(schedule, spec, early_recvs=True)  # what the executor runs on gloo
         cfg = RunConfig(schedule, spec, EX.MICROBATCH * EX.M, steps=WARMUP + STEPS, timeout=EX.TIMEOUT,
                         record_spans=True)
-        metas = EX._boundary_metas(spec, schedule)
+        metas = boundary_metas(spec, schedule)
         row = {"name": name, "k": schedule.k, "comm": [], "post": [], "run_post": [], "sim": [], "sim_run": [],
                "measured": []}
         ticks = EX._cpu_ticks()
@@ -100,13 +107,14 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
             row["comm"].append(comm)
             row["post"].append(post)
             row["run_post"].append(statistics.median(u.post for stage in measured_costs.units[:-1] for u in stage))
-            row["sim"].append(simulate(lowered, costs).makespan)  # ms, as profile_costs measures
+            timeline = simulate(lowered, costs)
+            row["sim"].append(timeline.makespan)  # ms, as profile_costs measures
             row["sim_run"].append(simulate(lowered, measured_costs).makespan)
             row["measured"].append(step_ms(spans))
         row["err"] = _worst(row["measured"], row["sim"])
         row["err_run"] = _worst(row["measured"], row["sim_run"])
         row["others"] = EX._others_cores(ticks)
-        row.update(in_run(lowered, spans, costs))
+        row.update(in_run(timeline, spans, costs))
         print(f"time {name}: measured {_ms(row['measured'])} ms; simulated on profiled costs {_ms(row['sim'])} ms, "
               f"worst error {row['err']:+.1%}; on run-measured costs {_ms(row['sim_run'])} ms, worst error "
               f"{row['err_run']:+.1%}; comm {_ms(row['comm'], 3)}, post {_ms(row['post'], 3)} (in the run "
@@ -120,9 +128,9 @@ def _worst(measured: list[float], simulated: list[float]) -> float:
     return max(((t - s) / s for t, s in zip(measured, simulated, strict=True)), key=abs)
 
 
-def in_run(lowered: Schedule, results: list, costs: Costs) -> dict[str, float]:
-    """Where a spans run's step went against ``simulate(lowered, costs)`` (ms, means over the
-    timed steps, on the rank with the longest step).
+def in_run(timeline: Timeline, results: list, costs: Costs) -> dict[str, float]:
+    """Where a spans run's step went against ``timeline``, its lowered schedule simulated on
+    ``costs`` (ms, means over the timed steps, on the rank with the longest step).
 
     The gap (measured step - simulated makespan) splits into ``passes`` (each pass's time less its
     waits, over its profiled time), ``posts`` (inside ``batch_isend_irecv``, over the simulated
@@ -130,8 +138,7 @@ def in_run(lowered: Schedule, results: list, costs: Costs) -> dict[str, float]:
     profile) and ``waits``, the rest: waiting for messages beyond the simulated idle time.
     ``slowdown``: all passes' time less waits over their profiled time, both ranks.
     """
-    timeline = simulate(lowered, costs)
-    sim_posts = [0.0] * lowered.p
+    sim_posts = [0.0] * timeline.p
     for span in timeline.spans:
         if span.stream is Stream.COMM:
             sim_posts[span.rank] += span.end - span.start
@@ -140,14 +147,12 @@ def in_run(lowered: Schedule, results: list, costs: Costs) -> dict[str, float]:
         acc = dict.fromkeys(("step", "passes", "passes_prof", "posts", "copies"), 0.0)
         for step in r.steps[WARMUP:]:
             acc["step"] += step.seconds * 1e3 / STEPS
-            batches = set()  # the actions of one batch of comm posts share one span
+            acc["posts"] += sum(seconds for seconds, _ in post_batches(step.spans)) * 1e3 / STEPS
             for span in step.spans:
                 a, took = parse_action(span.action), (span.end - span.start) * 1e3 / STEPS
                 if a.op.is_comm:
-                    if (span.start, span.end) not in batches:
-                        batches.add((span.start, span.end))
-                        acc["posts"] += took
-                elif a.op in (Op.OFFLOAD, Op.RELOAD):
+                    continue
+                if a.op in (Op.OFFLOAD, Op.RELOAD):
                     acc["copies"] += took
                 else:
                     acc["passes"] += took - span.wait * 1e3 / STEPS

@@ -117,8 +117,6 @@ class Costs:
         """Time the action occupies its stream; a comm op (SEND/RECV) takes its boundary's ``post``
         (zero by default), see `message_stage`."""
         op = action.op
-        if op.is_comm:
-            return self.units[message_stage(action)][action.slice].post
         u = self.units[action.stage][action.slice]
         if op is Op.F:
             return u.f
@@ -132,7 +130,7 @@ class Costs:
             return u.f if u.r is None else u.r
         if op in (Op.OFFLOAD, Op.RELOAD):
             return 0.0 if math.isinf(self.copy_bandwidth) else u.act / self.copy_bandwidth
-        return 0.0
+        return self.units[message_stage(action)][action.slice].post  # SEND/RECV
 
     @classmethod
     def uniform(

@@ -9,9 +9,9 @@ are posts: a message arrives at the later of the SEND post's end plus latency
 and the RECV post's end, and its consumer waits for that. A post takes its
 boundary's ``UnitCost.post`` (zero by default); one that takes time holds the
 rank's compute stream (the host thread that posts also runs the passes, as
-gloo's executor on CPU does) and counts as neither busy nor copy time. Memory follows the
-table in DESIGN.md: allocations at an action's start, frees at its end, frees
-first when both fall at the same instant. The schedule is checked by
+gloo's executor on CPU does) and counts as neither busy nor copy time. Memory
+follows the table in DESIGN.md: allocations at an action's start, frees at its
+end, frees first when both fall at the same instant. The schedule is checked by
 ``ir.verify``'s structural rules first.
 """
 

@@ -41,7 +41,7 @@ from backends.torch_exec.worker import first_microbatch, learn_weight_plans, one
 from ir import Action, Costs, Op, Placement, Schedule, UnitCost, parse_action
 from ir.costs import message_stage
 
-__all__ = ["costs_from_run", "p2p_costs", "p2p_latency", "profile_costs"]
+__all__ = ["costs_from_run", "p2p_costs", "p2p_latency", "post_batches", "profile_costs"]
 
 
 def profile_costs(
@@ -200,8 +200,9 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
     ``batch_isend_irecv``, is ``UnitCost.post``, the host time a SEND or RECV of a lowered schedule
     takes. A post costs more between two passes than in a tight loop (cold caches), so ``post`` is
     timed as in a pipeline: the lower rank posts a send, then a receive, each between two spells of
-    compute while the peer computes, the receive ahead of its send (`_loaded_posts`). Both ranks call it (the lower one
-    pings); both get the lower rank's measurement. `costs_from_run` measures posts in a real run.
+    compute while the peer computes, the receive ahead of its send (`_loaded_posts`). Both ranks
+    call it (the lower one pings); both get the lower rank's measurement. `costs_from_run`
+    measures posts in a real run.
 
     Args:
         metas: the tensors of one boundary message (e.g. ``boundary_shapes(...)[s][j].tensors``).
@@ -214,7 +215,7 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
     back = [torch.empty(m.shape, dtype=m.dtype, device=dev) for m in metas]
 
     def leg(op, tensors: list[Tensor]) -> None:
-        for work in dist.batch_isend_irecv([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)]):
+        for work in _post(op, tensors, peer, group):
             work.wait()
 
     pinger = rank < peer
@@ -238,8 +239,14 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
     return float(result[0].item()), float(result[1].item())
 
 
+def _post(op, tensors: list[Tensor], peer: int, group) -> list:
+    """One message posted as the executor's ``Mailbox`` posts it: one ``batch_isend_irecv``, one op
+    (tag) per tensor."""
+    return dist.batch_isend_irecv([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)])
+
+
 def _busy(seconds: float, work: Tensor) -> None:
-    """Compute (small matmuls on ``work``'s device) for about ``seconds``, as a pass would."""
+    """Compute (matmuls of ``work`` with itself) for about ``seconds``, as a pass would."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         torch.mm(work, work)
@@ -259,7 +266,7 @@ def _loaded_posts(out: list[Tensor], back: list[Tensor], peer: int, group, pinge
 
     def post(op, tensors: list[Tensor]) -> tuple[list, float]:
         start = time.perf_counter()
-        works = dist.batch_isend_irecv([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)])
+        works = _post(op, tensors, peer, group)
         return works, time.perf_counter() - start
 
     for n in range(2 * (warmup + repeats)):
@@ -286,6 +293,17 @@ def _loaded_posts(out: list[Tensor], back: list[Tensor], peer: int, group, pinge
 _PASS_FIELD = {Op.F: "f", Op.B: "b", Op.W: "w", Op.BW: "bw", Op.R: "r"}
 
 
+def post_batches(spans: Sequence) -> list[tuple[float, list[Action]]]:
+    """The comm posts of one recorded step: ``(seconds, actions)`` per ``batch_isend_irecv`` call,
+    in program order (the actions of one batch share one span, `RankExecutor.step`)."""
+    batches: dict[tuple[float, float], list[Action]] = {}
+    for span in spans:
+        action = parse_action(span.action)
+        if action.op.is_comm:
+            batches.setdefault((span.start, span.end), []).append(action)
+    return [(end - start, actions) for (start, end), actions in batches.items()]
+
+
 def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs, *, skip: int = 1) -> Costs:
     """``base`` with the times a recorded run measured: each pass's time (F, B, W, BW, R; the
     mean over its units and steps of span length less the time it waited for a message) and
@@ -308,18 +326,14 @@ def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs,
         for step in list(steps)[skip:]:
             if not step.spans:
                 raise ValueError("the run recorded no spans: run it with RunConfig(record_spans=True)")
-            batches: dict[tuple[float, float], list[Action]] = {}  # one batch of posts shares one span
             for span in step.spans:
                 action = parse_action(span.action)
-                if action.op.is_comm:
-                    batches.setdefault((span.start, span.end), []).append(action)
-                elif action.op in _PASS_FIELD:
+                if action.op in _PASS_FIELD:
                     key = (action.stage, action.slice, _PASS_FIELD[action.op])
                     passes.setdefault(key, []).append((span.end - span.start - span.wait) * 1e3)
-            for (start, end), actions in batches.items():
+            for seconds, actions in post_batches(step.spans):
                 for action in actions:
-                    posts.setdefault((message_stage(action), action.slice), []).append(
-                        (end - start) * 1e3 / len(actions))
+                    posts.setdefault((message_stage(action), action.slice), []).append(seconds * 1e3 / len(actions))
     rows = []
     for s, row in enumerate(base.units):
         out = []
