@@ -242,11 +242,12 @@ def render(speed_rows: list[dict], memory_rows: list[dict], seconds: float, runs
         "",
         "Recompute: `ir.simulate` follows DESIGN.md's memory table, F holds `inp` and R adds `act - inp`, since "
         "`act` already contains the stage input (the stage's first op saves it); the executor holds the same, so a "
-        "recomputed unit in flight counts its input once. Offload: `ir.simulate` may start a RELOAD on the copy "
-        "stream as soon as the action before it in the program starts (a CUDA side stream can overlap it); on CPU "
-        "the executor copies on the compute thread once that action has ended. Where that action frees "
-        "activations (chronos-offload: `2BW0` then `1RELOAD0` on rank 1, `3BW7` then `0RELOAD6` on rank 0) the "
-        "simulated peak holds both and is higher than the CPU run's by what the action frees.",
+        "recomputed unit in flight counts its input once. Offload: on CPU the executor copies on the compute "
+        "thread, so a RELOAD starts once the action before it has ended; `profile_costs` says so on CPU "
+        "(`Costs.copy_stream` False: copies hold the compute stream in `ir.simulate`), where a copy stream (a "
+        "CUDA side stream) may start it as that action starts. Where that action frees activations "
+        "(chronos-offload: `2BW0` then `1RELOAD0` on rank 1, `3BW7` then `0RELOAD6` on rank 0) a copy-stream "
+        "peak would hold both and exceed the CPU run's by what the action frees.",
     ]
     return "\n".join(lines) + "\n"
 

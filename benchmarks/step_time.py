@@ -5,27 +5,31 @@ executor (gloo on CPU, the model, batch and processes of ``benchmarks/executor.p
 simulated by ``ir.simulate`` on the lowered schedule the executor runs (``prepare_schedule``:
 the same SEND/RECV posts in the same places), with two sources of costs:
 
-- profiled (the target's): ``profile_costs`` (F, B, W, BW and R timed in one worker process, one
-  torch thread, the other rank idle) plus, from a gloo ping-pong of the model's boundary tensor
-  between the two ranks (``profile.p2p_costs``), ``comm`` (half the median round trip, added to
-  every cross-rank boundary edge) and ``post`` (the median host time inside one
-  ``batch_isend_irecv``, which every SEND/RECV holds the rank's compute stream for). Every run of a
-  row measures these afresh and then times the schedule; the error is the worst run's.
-- run-measured (``profile.costs_from_run``): the pass and post times the timed run itself recorded
-  (each pass's span less the time it waited for a message; each SEND/RECV's share of its batch's
-  post), the bytes and ``comm`` as profiled. Simulating a run on its own pass times leaves out
-  the profile's error and the machine's drift between profile and run, and measures what the
-  simulator's rules themselves miss: how the passes, posts and messages compose into a step.
+- profiled (the target's): ``profile_costs`` (F, B, W, BW, R and the OFFLOAD/RELOAD copies timed
+  in each worker process at once, one torch thread each, every pass alone after a cache sweep;
+  means) plus, from a gloo ping-pong of the model's boundary tensor between the two ranks
+  (``profile.p2p_costs``), ``comm`` (half the median round trip, added to every cross-rank
+  boundary edge) and ``post`` (the median host time inside one ``batch_isend_irecv`` between two
+  spells of compute, which every SEND/RECV holds the rank's compute stream for). A run takes
+  ``ROUNDS`` rounds of ping, profile and a few steps, so that profile and steps see the same
+  machine (this VM's speed drifts by tens of percent within minutes); its costs pool the rounds'.
+- run-measured (``profile.costs_from_run``): the pass, post and copy times the timed steps
+  themselves recorded (each pass's span less the time it waited for a message; each SEND/RECV's
+  share of its batch's post), the bytes and ``comm`` as profiled. Simulating a run on its own
+  pass times leaves out the profile's error and measures what the simulator's rules themselves
+  miss: how the passes, posts and messages compose into a step.
 
-Every timed run records spans (a clock read per action, the same in every row). A step's time is
-the slowest rank's, barrier to end of its program; a run's time is the median of ``STEPS`` steps
-after ``WARMUP`` untimed ones. The last run's spans split the gap between measured and simulated
-(profiled costs) into slower passes, posts, copies and waits (`in_run`).
+Every timed run records spans (two clock reads per action, the same in every row). A step's time
+is the slowest rank's, barrier to end of its program; a run's time is the mean of its timed steps.
+The last run's spans split the gap between measured and simulated (profiled costs) into slower
+passes, posts, copies and waits, and tell how much of the passes' time their thread was off its
+core (`in_run`); the hypervisor's steal is read from /proc/stat while profiling and while running.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import platform
@@ -56,11 +60,22 @@ def _load_executor_bench():
 
 EX = _load_executor_bench()
 OUT = Path(__file__).resolve().parent / "results" / "step_time.md"
-WARMUP, STEPS, RUNS = 2, 10, 3  # a row's target depends on its RUNS runs: the worst is reported
-PROFILE_REPEATS, PROFILE_WARMUP, PING_REPEATS = 10, 2, 50
+# a run takes ROUNDS rounds of (ping, profile, run WARMUP + STEPS steps), so the profile and the
+# steps it predicts see the same machine: this VM's speed drifts by tens of percent between
+# minutes (up to 60% in the profile, 103% in the measured step, between runs a minute apart when
+# each run profiled once and then ran 12 steps)
+ROUNDS, WARMUP, STEPS, RUNS = 8, 1, 3, 3  # a row's target depends on its RUNS runs: the worst is reported
+PROFILE_REPEATS, PROFILE_WARMUP, PING_REPEATS = 2, 1, 20  # per round
+# means of the profiled passes and of the steps: a step is a sum of passes, and on this VM a pass
+# is now and then slowed by the hypervisor taking the core (steal, up to 30% of both cores while
+# both compute, none with one busy); a median drops exactly those samples, a step cannot. The
+# ping's comm and post stay medians: its 20 round trips start cold after the run before, and their
+# means came out 1.5-2x the posts' mean inside the runs (0.47-1.05 against 0.32-0.54 ms)
+ESTIMATE = "mean"
 TARGET = 0.10
-# one of each family, recompute and offload included (a row takes 15-40 s)
-TIMED = ("gpipe", "1f1b", "1f1b-recompute", "interleaved", "zb-h1", "zb-v", "seq1f1b", "po-h", "chronos-recomp")
+# one of each family, recompute and offload included
+TIMED = ("gpipe", "1f1b", "1f1b-recompute", "interleaved", "zb-h1", "zb-v", "seq1f1b", "po-h", "chronos-recomp",
+         "chronos-offload")
 
 
 def ping_task(metas: list, *, rank: int, world_size: int, device: torch.device) -> tuple[float, float]:
@@ -73,7 +88,7 @@ def profile_task(spec, num_stages: int, k: int, comm: float, post: float, *, ran
     """`profile_costs` on both ranks at once (one process, one torch thread each, as the ranks run),
     so the passes are timed with both cores computing, as in the pipeline; rank 0's result is used."""
     return profile_costs(spec, num_stages, microbatch_size=EX.MICROBATCH, m=EX.M, k=k, repeats=PROFILE_REPEATS,
-                         warmup=PROFILE_WARMUP, comm=comm, post=post)
+                         warmup=PROFILE_WARMUP, comm=comm, post=post, estimate=ESTIMATE)
 
 
 def boundary_metas(spec, schedule: Schedule) -> list:
@@ -82,9 +97,46 @@ def boundary_metas(spec, schedule: Schedule) -> list:
     return boundary_shapes(spec, schedule.num_stages, first_microbatch(inputs, EX.M), k=schedule.k)[0][0].tensors
 
 
-def step_ms(results: list) -> float:
-    """Median over the timed steps of the slowest rank's step time (ms)."""
-    return statistics.median(max(r.steps[n].seconds for r in results) for n in range(WARMUP, WARMUP + STEPS)) * 1e3
+def pooled_costs(rounds: list[Costs]) -> Costs:
+    """The per-field mean of several profiles of one model, each of the same number of repeats, so
+    the mean of all their samples (times, ``comm``, ``post`` and copy bandwidth; bytes and static
+    memory are the same in every profile and kept from the first)."""
+    first = rounds[0]
+    timed = ("f", "b", "w", "bw", "r", "comm", "post")
+    units = tuple(tuple(dataclasses.replace(u, **{name: statistics.fmean(getattr(c.units[s][j], name) for c in rounds)
+                                                 for name in timed})
+                        for j, u in enumerate(row))
+                  for s, row in enumerate(first.units))
+    return Costs(units, first.static, statistics.fmean(c.copy_bandwidth for c in rounds), first.copy_stream)
+
+
+def step_ms(records: list[list]) -> float:
+    """Mean over the timed steps of the slowest rank's step time (ms); ``records[rank]`` are
+    that rank's timed steps, the same count on every rank."""
+    return statistics.fmean(max(steps) for steps in zip(*([s.seconds for s in r] for r in records),
+                                                         strict=True)) * 1e3
+
+
+def one_run(group: WorkerGroup, schedule: Schedule, spec, cfg: RunConfig, metas: list
+            ) -> tuple[Costs, list, dict[str, list[float]]]:
+    """ROUNDS rounds of ping, profile and WARMUP + STEPS steps: the pooled profile, per rank the
+    timed steps of every round, and the hypervisor's steal while profiling and while running
+    (``[seconds stolen, seconds elapsed]`` each)."""
+    profiles, records = [], [[] for _ in range(EX.P)]
+    steal = {"profile": [0.0, 0.0], "run": [0.0, 0.0]}
+    for _ in range(ROUNDS):
+        comm, post = group.run(ping_task, metas)[0]
+        before = _steal_ticks()
+        profiles.append(group.run(profile_task, spec, schedule.num_stages, schedule.k, comm, post)[0])
+        between = _steal_ticks()
+        results = group.run(run_rank, cfg)
+        after = _steal_ticks()
+        for phase, (t0, t1) in (("profile", (before, between)), ("run", (between, after))):
+            steal[phase][0] += (t1[1] - t0[1]) / os.sysconf("SC_CLK_TCK")
+            steal[phase][1] += t1[0] - t0[0]
+        for rank, result in enumerate(results):
+            records[rank] += result.steps[WARMUP:]
+    return pooled_costs(profiles), records, steal
 
 
 def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]:
@@ -98,29 +150,46 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
         metas = boundary_metas(spec, schedule)
         row = {"name": name, "k": schedule.k, "comm": [], "post": [], "run_post": [], "sim": [], "sim_run": [],
                "measured": []}
-        ticks = EX._cpu_ticks()
+        ticks, stolen = EX._cpu_ticks(), _steal_ticks()
+        steal = {"profile": [0.0, 0.0], "run": [0.0, 0.0]}
         for _ in range(runs):
-            comm, post = group.run(ping_task, metas)[0]
-            costs = group.run(profile_task, spec, schedule.num_stages, schedule.k, comm, post)[0]
-            spans = group.run(run_rank, cfg)
-            measured_costs = costs_from_run(lowered, [r.steps for r in spans], costs, skip=WARMUP)
-            row["comm"].append(comm)
-            row["post"].append(post)
+            costs, records, stole = one_run(group, schedule, spec, cfg, metas)
+            for phase, (taken, elapsed) in stole.items():
+                steal[phase][0] += taken
+                steal[phase][1] += elapsed
+            measured_costs = costs_from_run(lowered, records, costs, skip=0)
+            row["comm"].append(costs.units[0][0].comm)
+            row["post"].append(costs.units[0][0].post)
             row["run_post"].append(statistics.median(u.post for stage in measured_costs.units[:-1] for u in stage))
             timeline = simulate(lowered, costs)
             row["sim"].append(timeline.makespan)  # ms, as profile_costs measures
             row["sim_run"].append(simulate(lowered, measured_costs).makespan)
-            row["measured"].append(step_ms(spans))
+            row["measured"].append(step_ms(records))
         row["err"] = _worst(row["measured"], row["sim"])
         row["err_run"] = _worst(row["measured"], row["sim_run"])
-        row["others"] = EX._others_cores(ticks)
-        row.update(in_run(timeline, spans, costs))
+        row["steal"] = _steal_cores(stolen)
+        row["others"] = max(0.0, EX._others_cores(ticks) - row["steal"])
+        row["steal_profile"], row["steal_run"] = (taken / elapsed for taken, elapsed in steal.values())
+        row.update(in_run(timeline, records, costs))
         print(f"time {name}: measured {_ms(row['measured'])} ms; simulated on profiled costs {_ms(row['sim'])} ms, "
               f"worst error {row['err']:+.1%}; on run-measured costs {_ms(row['sim_run'])} ms, worst error "
               f"{row['err_run']:+.1%}; comm {_ms(row['comm'], 3)}, post {_ms(row['post'], 3)} (in the run "
-              f"{_ms(row['run_post'], 3)}) ms; gap {_gap(row)}; others {row['others']:.2f} cores", flush=True)
+              f"{_ms(row['run_post'], 3)}) ms; gap {_gap(row)}; descheduled {row['descheduled']:.0%}; "
+              f"steal {row['steal']:.2f} (profiling {row['steal_profile']:.2f}, running {row['steal_run']:.2f}), "
+              f"others {row['others']:.2f} cores", flush=True)
         rows.append(row)
     return rows
+
+
+def _steal_ticks() -> tuple[float, int]:
+    """(now, the machine's steal ticks so far: time the hypervisor ran something else on our cores)."""
+    return time.monotonic(), int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8])
+
+
+def _steal_cores(before: tuple[float, int]) -> float:
+    """Cores the hypervisor took on average since ``before``."""
+    now = _steal_ticks()
+    return (now[1] - before[1]) / os.sysconf("SC_CLK_TCK") / (now[0] - before[0])
 
 
 def _worst(measured: list[float], simulated: list[float]) -> float:
@@ -128,43 +197,48 @@ def _worst(measured: list[float], simulated: list[float]) -> float:
     return max(((t - s) / s for t, s in zip(measured, simulated, strict=True)), key=abs)
 
 
-def in_run(timeline: Timeline, results: list, costs: Costs) -> dict[str, float]:
+def in_run(timeline: Timeline, records: list[list], costs: Costs) -> dict[str, float]:
     """Where a spans run's step went against ``timeline``, its lowered schedule simulated on
-    ``costs`` (ms, means over the timed steps, on the rank with the longest step).
+    ``costs`` (ms, means over ``records[rank]``, each rank's timed steps, on the rank with the
+    longest step).
 
     The gap (measured step - simulated makespan) splits into ``passes`` (each pass's time less its
     waits, over its profiled time), ``posts`` (inside ``batch_isend_irecv``, over the simulated
-    posts' time), ``copies`` (OFFLOAD/RELOAD, plain copies on CPU's compute thread, free in the
-    profile) and ``waits``, the rest: waiting for messages beyond the simulated idle time.
-    ``slowdown``: all passes' time less waits over their profiled time, both ranks.
+    posts' time), ``copies`` (OFFLOAD/RELOAD, plain copies on CPU's compute thread, over the
+    simulated copies' time) and ``waits``, the rest: waiting for messages beyond the simulated
+    idle time. ``slowdown``: all passes' time less waits over their profiled time, both ranks;
+    ``descheduled``: the share of that time the rank's thread was not running (less its CPU time,
+    `SpanRecord.cpu`), both ranks.
     """
-    sim_posts = [0.0] * timeline.p
+    sim_posts, sim_copies = [0.0] * timeline.p, timeline.copy_busy
     for span in timeline.spans:
         if span.stream is Stream.COMM:
             sim_posts[span.rank] += span.end - span.start
     per_rank = []
-    for r in results:
-        acc = dict.fromkeys(("step", "passes", "passes_prof", "posts", "copies"), 0.0)
-        for step in r.steps[WARMUP:]:
-            acc["step"] += step.seconds * 1e3 / STEPS
-            acc["posts"] += sum(seconds for seconds, _ in post_batches(step.spans)) * 1e3 / STEPS
+    for rank, steps in enumerate(records):
+        acc = dict.fromkeys(("step", "passes", "passes_prof", "posts", "copies", "off_core"), 0.0)
+        for step in steps:
+            acc["step"] += step.seconds * 1e3 / len(steps)
+            acc["posts"] += sum(seconds for seconds, _ in post_batches(step.spans)) * 1e3 / len(steps)
             for span in step.spans:
-                a, took = parse_action(span.action), (span.end - span.start) * 1e3 / STEPS
+                a, took = parse_action(span.action), (span.end - span.start) * 1e3 / len(steps)
                 if a.op.is_comm:
                     continue
                 if a.op in (Op.OFFLOAD, Op.RELOAD):
                     acc["copies"] += took
                 else:
-                    acc["passes"] += took - span.wait * 1e3 / STEPS
-                    acc["passes_prof"] += costs.duration(a) / STEPS
-        acc["sim_posts"] = sim_posts[r.rank]
+                    acc["passes"] += took - span.wait * 1e3 / len(steps)
+                    acc["off_core"] += took - (span.wait + span.cpu) * 1e3 / len(steps)
+                    acc["passes_prof"] += costs.duration(a) / len(steps)
+        acc["sim_posts"], acc["sim_copies"] = sim_posts[rank], sim_copies[rank]
         per_rank.append(acc)
     slow = max(per_rank, key=lambda x: x["step"])
     gap = slow["step"] - timeline.makespan
     parts = {"passes": slow["passes"] - slow["passes_prof"], "posts": slow["posts"] - slow["sim_posts"],
-             "copies": slow["copies"]}
+             "copies": slow["copies"] - slow["sim_copies"]}
     return {"gap": gap, **parts, "waits": gap - sum(parts.values()),
-            "slowdown": sum(x["passes"] for x in per_rank) / sum(x["passes_prof"] for x in per_rank)}
+            "slowdown": sum(x["passes"] for x in per_rank) / sum(x["passes_prof"] for x in per_rank),
+            "descheduled": sum(x["off_core"] for x in per_rank) / sum(x["passes"] for x in per_rank)}
 
 
 def _gap(row: dict, sep: str = " = ", between: str = " ") -> str:
@@ -187,25 +261,29 @@ def render(rows: list[dict], seconds: float, runs: int) -> str:
         f"fp32; p = {EX.P} ranks, m = {EX.M} microbatches of {EX.MICROBATCH} sequences. Written by "
         f"`python benchmarks/step_time.py` in {seconds:.0f} s.",
         "",
-        f"Measured: our executor's step (slowest rank, barrier to end of program; median of {STEPS} steps after "
-        f"{WARMUP} warm-up). Simulated: `ir.simulate` of the lowered schedule the executor runs "
-        "(`prepare_schedule`, receives posted early on gloo). Profiled costs: `profile_costs(..., "
-        f"repeats={PROFILE_REPEATS}, warmup={PROFILE_WARMUP})` (each pass timed alone, the other rank idle) with "
-        f"`comm` and `post` from {PING_REPEATS} gloo ping-pongs of the boundary tensor (`profile.p2p_costs`); "
-        f"each of {runs} runs of a row measures them and times the schedule afresh, listed run by run; `worst "
-        "error` is the worst run's (measured - simulated) / simulated. Run-measured costs: `costs_from_run` on "
-        "the same run's spans (pass times less their waits; `post` per SEND/RECV as posted in the pipeline, the "
-        "`in-run post` column), so that column's error is the simulator's rules alone, with no profile error and "
-        f"no drift between profile and run. Target: within {TARGET:.0%} on profiled costs. `gap`: the last run's "
-        "step minus its profiled simulation, split as passes + posts + copies + waits (passes' own time over "
-        "profiled, posts over simulated posts, OFFLOAD/RELOAD copies on the compute thread (free in the profile), "
-        "and the rest, waiting for messages); `slowdown`: the passes' own time in the pipeline over profiled, "
-        "both ranks. `others`: cores other processes (and hypervisor steal) used while the row ran.",
+        f"Measured: our executor's step (slowest rank, barrier to end of program), the mean of {STEPS} steps after "
+        f"{WARMUP} warm-up in each of {ROUNDS} rounds. Simulated: `ir.simulate` of the lowered schedule the "
+        "executor runs (`prepare_schedule`, receives posted early on gloo). Profiled costs: each round first "
+        f"measures `comm` and `post` (medians of {PING_REPEATS} gloo ping-pongs of the boundary tensor, "
+        f"`profile.p2p_costs`), then `profile_costs(..., repeats={PROFILE_REPEATS}, warmup={PROFILE_WARMUP}, "
+        f"estimate=\"{ESTIMATE}\")` on both ranks at once (every pass timed alone after a cache sweep; OFFLOAD/"
+        "RELOAD timed too, and on CPU they hold the compute stream, `Costs.copy_stream`), then runs the steps: "
+        "profile and steps alternate, so both see the same machine; the run's costs are the mean over its rounds. "
+        f"Each of {runs} runs of a row is listed; `worst error` is the worst run's (measured - simulated) / "
+        "simulated. Run-measured costs: `costs_from_run` on the same run's spans (pass times less their waits; "
+        "`post` per SEND/RECV as posted in the pipeline, the `in-run post` column), so that column's error is "
+        f"the simulator's rules alone, with no profile error. Target: within {TARGET:.0%} on profiled costs. "
+        "`gap`: the last run's mean step minus its profiled simulation, split as passes + posts + copies + waits "
+        "(passes' own time over profiled, posts over simulated posts, OFFLOAD/RELOAD over simulated copies, and "
+        "the rest, waiting for messages); `slowdown`: the passes' own time in the pipeline over profiled, both "
+        "ranks; `descheduled`: the share of the passes' own time their thread was not running (wall time less "
+        "`time.thread_time`, `SpanRecord.cpu`); `steal profiling` and `steal running`: cores the hypervisor took "
+        "(/proc/stat) while the row's profiles ran and while its steps ran; `others`: cores other processes used.",
         "",
         "| schedule | k | comm ms | post ms | simulated ms (profiled) | measured ms | worst error | within 10% | "
         "in-run post ms | simulated ms (run-measured) | worst error | within 10% | gap ms | passes | posts | "
-        "copies | waits | slowdown | others |",
-        "| --- " * 19 + "|",
+        "copies | waits | slowdown | descheduled | steal profiling | steal running | others |",
+        "| --- " * 22 + "|",
     ]
     for r in rows:
         lines.append(
@@ -213,7 +291,7 @@ def render(rows: list[dict], seconds: float, runs: int) -> str:
             f"{_ms(r['measured'])} | {r['err']:+.1%} | {ok(r['err'])} | {_ms(r['run_post'], 3)} | "
             f"{_ms(r['sim_run'])} | "
             f"{r['err_run']:+.1%} | {ok(r['err_run'])} | {_gap(r, ' | ', ' | ')} | {r['slowdown']:.2f} | "
-            f"{r['others']:.2f} |")
+            f"{r['descheduled']:.0%} | {r['steal_profile']:.2f} | {r['steal_run']:.2f} | {r['others']:.2f} |")
     if rows:
         lines += ["", summary(rows)]
     return "\n".join(lines) + "\n"
@@ -230,9 +308,9 @@ def summary(rows: list[dict]) -> str:
     post = statistics.median(p for r in rows for p in r["post"])
     run_post = statistics.median(p for r in rows for p in r["run_post"])
     text = (f"{within} of {len(rows)} schedules within {TARGET:.0%} on profiled costs, {within_run} of {len(rows)} "
-            f"on run-measured costs. A post costs {post:.3f} ms between idle ranks and {run_post:.3f} ms inside the "
-            f"pipeline (medians). The profiled simulation moves up to {spread:.0%} between the runs of a row, the "
-            f"measured step up to {mspread:.0%}.")
+            f"on run-measured costs. A post costs {post:.3f} ms as profiled and {run_post:.3f} ms inside the "
+            f"pipeline (medians over the runs). The profiled simulation moves up to {spread:.0%} between the runs of "
+            f"a row, the measured step up to {mspread:.0%}.")
     if share:
         text += (f" Of the gaps summed over the rows: passes {share['passes']:.0%}, posts {share['posts']:.0%}, "
                  f"copies {share['copies']:.0%}, waits {share['waits']:.0%}.")

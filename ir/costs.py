@@ -1,7 +1,8 @@
 """The minimal cost container the IR simulates against.
 
 `Costs` holds, per stage and sequence slice, the duration of every pass and the
-bytes it keeps alive, plus per-rank static bytes and the host copy bandwidth.
+bytes it keeps alive, plus per-rank static bytes and the host copy bandwidth (and whether
+copies overlap compute on a stream of their own).
 ``synth.costs`` (the full cost model) produces one from a model and hardware;
 tests build them by hand. Times are in one unit throughout (ms by convention)
 and memory in bytes; nothing here converts.
@@ -80,11 +81,16 @@ class Costs:
         static: bytes per rank that never move (weights, grads, optimizer state);
             empty means zero on every rank.
         copy_bandwidth: bytes per time unit between device and host (OFFLOAD/RELOAD).
+        copy_stream: whether OFFLOAD/RELOAD run on the rank's copy stream, overlapping compute (a
+            GPU's copy engine; the default), or hold the compute stream, as plain copies by the
+            thread that runs the passes do (the executor on CPU): then a copy starts only after
+            the pass before it has ended, and the pass after it waits for it.
     """
 
     units: tuple[tuple[UnitCost, ...], ...]
     static: tuple[float, ...] = ()
     copy_bandwidth: float = math.inf
+    copy_stream: bool = True
 
     def __post_init__(self) -> None:
         units = tuple(tuple(row) for row in self.units)
@@ -98,6 +104,8 @@ class Costs:
             raise ValueError(f"Costs.static must hold bytes >= 0 per rank, got {self.static}")
         if not self.copy_bandwidth > 0:
             raise ValueError(f"Costs.copy_bandwidth must be > 0, got {self.copy_bandwidth}")
+        if not isinstance(self.copy_stream, bool):
+            raise TypeError(f"Costs.copy_stream must be True or False, got {self.copy_stream!r}")
 
     @property
     def num_stages(self) -> int:
@@ -150,10 +158,11 @@ class Costs:
         post: float = 0.0,
         static: tuple[float, ...] = (),
         copy_bandwidth: float = math.inf,
+        copy_stream: bool = True,
     ) -> Costs:
         """The same `UnitCost` for every stage and slice (unit-cost analyses)."""
         unit = UnitCost(f=f, b=b, w=w, bw=bw, r=r, act=act, wact=wact, inp=inp, comm=comm, post=post)
-        return cls(tuple((unit,) * k for _ in range(num_stages)), static, copy_bandwidth)
+        return cls(tuple((unit,) * k for _ in range(num_stages)), static, copy_bandwidth, copy_stream)
 
 
 def message_stage(action: Action) -> int:

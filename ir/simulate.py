@@ -9,7 +9,9 @@ are posts: a message arrives at the later of the SEND post's end plus latency
 and the RECV post's end, and its consumer waits for that. A post takes its
 boundary's ``UnitCost.post`` (zero by default); one that takes time holds the
 rank's compute stream (the host thread that posts also runs the passes, as
-gloo's executor on CPU does) and counts as neither busy nor copy time. Memory
+gloo's executor on CPU does) and counts as neither busy nor copy time. With
+``Costs.copy_stream`` False, OFFLOAD/RELOAD hold the compute stream too (plain
+copies by that thread, the executor on CPU) and still count as copy time. Memory
 follows the table in DESIGN.md: allocations at an action's start, frees at its
 end, frees first when both fall at the same instant. The schedule is checked by
 ``ir.verify``'s structural rules first.
@@ -149,8 +151,10 @@ def run_timeline(schedule: Schedule, costs: Costs, ix: ProgramIndex) -> Timeline
                     break
                 stream = action.op.stream
                 took = costs.duration(action)
-                # a post that takes time is the host thread's: it holds the compute stream
-                runs_on = Stream.COMPUTE if stream is Stream.COMM and took > 0 else stream
+                # a post that takes time is the host thread's: it holds the compute stream, as do
+                # copies when the costs give them no stream of their own
+                host = (stream is Stream.COMM and took > 0) or (stream is Stream.COPY and not costs.copy_stream)
+                runs_on = Stream.COMPUTE if host else stream
                 start = max(ready, issued[r], free[r][runs_on])
                 finish = start + took
                 end[action] = finish

@@ -232,12 +232,15 @@ def comm_batches(program: Sequence[Action]) -> list[Action | list[Action]]:
 class SpanRecord:
     """When one action ran on this rank, in seconds since the step started; ``wait``: the part of
     it spent waiting for a message to arrive (inside `Mailbox.take`), so ``end - start - wait`` is
-    the pass itself."""
+    the pass itself; ``cpu``: the CPU time the rank's thread used meanwhile (``time.thread_time``),
+    so ``end - start - wait - cpu`` is the time the thread was ready but not running (other threads
+    or processes held the core, or the hypervisor did)."""
 
     action: str
     start: float
     end: float
     wait: float = 0.0
+    cpu: float = 0.0
 
 
 @dataclass(slots=True)
@@ -300,10 +303,10 @@ class RankExecutor:
         self.unit_losses: dict[tuple[int, int], Tensor] = {}  # (microbatch, slice) -> scaled loss
         spans: list[SpanRecord] = []
         self.tracker.reset()
-        clock = time.perf_counter
+        clock, cpu_clock = time.perf_counter, time.thread_time
         t0 = clock()
         for item in self._plan:
-            start, waited = clock(), self.mailbox.waited
+            start, waited, cpu = clock(), self.mailbox.waited, cpu_clock() if record_spans else 0.0
             if isinstance(item, list):
                 self.mailbox.post(item)
                 batch = item
@@ -313,8 +316,8 @@ class RankExecutor:
                     self.sync()
                 batch = [item]
             if record_spans:
-                end = clock()
-                spans += [SpanRecord(str(a), start - t0, end - t0, self.mailbox.waited - waited) for a in batch]
+                end, used = clock(), cpu_clock() - cpu
+                spans += [SpanRecord(str(a), start - t0, end - t0, self.mailbox.waited - waited, used) for a in batch]
         self.mailbox.drain()
         if self.sync is not None:
             self.sync()

@@ -4,10 +4,13 @@
 (``backends.torch_exec.passes``: the same hooks, the same split backward, the same release
 plan), so what it measures is what the executor will hold and do:
 
-- times (ms, median of ``repeats`` after ``warmup``): F, B, W, fused BW, and R (a forward with
+- times (ms, median (or mean) of ``repeats`` after ``warmup``): F, B, W, fused BW, and R (a forward with
   the graph, after a graph-less F);
 - bytes, from the saved-tensor accounting (``memory.MemoryTracker``): ``act`` held after F,
-  ``wact`` still held after B (what W reads), ``inp`` what a recomputed unit keeps (its input).
+  ``wact`` still held after B (what W reads), ``inp`` what a recomputed unit keeps (its input);
+- copies: ``copy_bandwidth`` from timed OFFLOADs and RELOADs of every unit's saved tensors (the
+  executor's ``Copier``), with ``copy_stream`` False on CPU, where the thread that runs the passes
+  makes the copies, and True on CUDA (a side stream).
 
 With ``k > 1`` every slice is profiled in order (later slices attend over more keys and values,
 so they cost more). Comm latency is not measured here: pass ``comm`` (`p2p_latency` measures one
@@ -24,6 +27,7 @@ ranks computing and gloo's threads sharing the cores), which an isolated profile
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -48,6 +52,7 @@ def profile_costs(
     spec: ModelSpec, num_stages: int, *, microbatch_size: int, m: int = 1, k: int = 1,
     stage_layers: Sequence[int] | None = None, repeats: int = 5, warmup: int = 1, device: str = "cpu",
     comm: float = 0.0, post: float = 0.0, placement: Placement | None = None, evict: int = 16 << 20,
+    estimate: str = "median",
 ) -> Costs:
     """Measured `Costs` of ``spec`` split into ``num_stages`` stages, per stage and slice.
 
@@ -63,27 +68,37 @@ def profile_costs(
             pipeline starts after other passes and gloo's threads have had the core, on cold
             caches; timed back to back it runs hot (seq1f1b's k = 4 slices simulated 1.4-1.7x faster
             without the sweep, benchmarks/step_time.py). The default is four times a 4 MiB L2.
+        estimate: ``"median"`` (a pass's typical time) or ``"mean"`` of the ``repeats`` (its expected
+            time: a step is a sum of passes, so on a machine whose cores are sometimes taken, by a
+            hypervisor's steal for one, the mean is what predicts a step's expected time).
     """
+    pick = _estimator(estimate)
     dev = torch.device(device)
     modules = build_stages(spec, num_stages, range(num_stages), stage_layers=stage_layers, device=dev)
     inputs, targets = (to_device(t, dev) for t in spec.make_batch(microbatch_size, 0))
     xs, ys = split_batch(inputs, 1, k, spec.seq_dim), split_batch(targets, 1, k, spec.seq_dim)[0]
     shapes = boundary_shapes(spec, num_stages, first_microbatch(inputs, 1), k=k, stage_layers=stage_layers)
-    rows = []
+    rows, copied, copy_time = [], 0.0, 0.0
     for s, module in modules.items():
         stage_in = probe_inputs(s, shapes, xs, dev)
         out_meta = shapes[s] if s < num_stages - 1 else None
-        rows.append(_profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm, post, evict))
+        row, copy_ms = _profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm, post, evict,
+                                      pick)
+        rows.append(row)
+        copied += sum(u.act for u in row)
+        copy_time += copy_ms
     static = ()
     if placement is not None:
         static = tuple(float(sum(2 * p.numel() * p.element_size() for s in placement.stages_of(r)
                                  for p in modules[s].parameters())) for r in range(placement.p))
-    return Costs(tuple(rows), static)
+    bandwidth = copied / copy_time if copied > 0 and copy_time > 0 else math.inf
+    return Costs(tuple(rows), static, copy_bandwidth=bandwidth, copy_stream=dev.type == "cuda")
 
 
 def _profile_stage(module: StageModule, spec: ModelSpec, xs: list, ys: list,
                    out_meta: list[Boundary] | None, m: int, k: int, repeats: int, warmup: int, comm: float,
-                   post: float, evict: int) -> tuple[UnitCost, ...]:
+                   post: float, evict: int, pick) -> tuple[tuple[UnitCost, ...], float]:
+    """The stage's costs per slice and the time (ms) of one OFFLOAD and one RELOAD of every slice, summed."""
     tracker = MemoryTracker()
     device = next(iter(module.parameters())).device
     runner = StageRunner(module, spec.loss_fn, 1.0 / (m * k), k, tracker, Copier(device), spec.seq_dim)
@@ -96,13 +111,25 @@ def _profile_stage(module: StageModule, spec: ModelSpec, xs: list, ys: list,
         _split_round(runner, xs, ys, out_meta, tracker, timer, samples if keep else None)
         _fused_round(runner, xs, ys, out_meta, timer, samples if keep else None)
         _recompute_round(runner, xs, ys, tracker, timer, samples if keep else None)
+        _copy_round(runner, xs, ys, out_meta, timer, samples if keep else None)
     for p in module.parameters():
         p.grad = None
-    med = [{key: statistics.median(values) for key, values in row.items()} for row in samples]
-    return tuple(UnitCost(f=r["f"] * 1e3, b=r["b"] * 1e3, w=r["w"] * 1e3, bw=r["bw"] * 1e3, r=r["r"] * 1e3,
-                          act=r["act"], wact=min(r["wact"], r["act"]), inp=min(r["inp"], r["act"]), comm=comm,
-                          post=post)
-                 for r in med)
+    med = [{key: pick(values) for key, values in row.items()} for row in samples]
+    units = tuple(UnitCost(f=r["f"] * 1e3, b=r["b"] * 1e3, w=r["w"] * 1e3, bw=r["bw"] * 1e3, r=r["r"] * 1e3,
+                           act=r["act"], wact=min(r["wact"], r["act"]), inp=min(r["inp"], r["act"]), comm=comm,
+                           post=post)
+                  for r in med)
+    return units, sum((r["offload"] + r["reload"]) / 2 for r in med) * 1e3
+
+
+_ESTIMATES = {"median": statistics.median, "mean": statistics.fmean}
+
+
+def _estimator(name: str):
+    try:
+        return _ESTIMATES[name]
+    except KeyError:
+        raise ValueError(f"estimate must be one of {', '.join(map(repr, _ESTIMATES))}, got {name!r}") from None
 
 
 def _units(runner: StageRunner, xs: list[Tensor], ys: list[Tensor], recompute: bool = False, split: bool = True
@@ -184,6 +211,17 @@ def _recompute_round(runner, xs, ys, tracker, timer, samples) -> None:
                              [torch.ones_like(r) for r in unit.roots[:unit.n_roots]])
 
 
+def _copy_round(runner, xs, ys, out_meta, timer, samples) -> None:
+    """F, then OFFLOAD and RELOAD of its saved tensors (each timed), then a fused backward."""
+    units = _units(runner, xs, ys, split=False)
+    for unit in units:
+        runner.forward(unit)
+    for unit in reversed(units):
+        _put(samples, unit.slice, "offload", timer(lambda u=unit: runner.offload(u)))
+        _put(samples, unit.slice, "reload", timer(lambda u=unit: runner.reload(u)))
+        runner.backward_full(unit, _grad(out_meta, unit.slice, runner.copier.device))
+
+
 def p2p_latency(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
                 device: str | torch.device = "cpu", group=None) -> float:
     """One boundary message's one-way time (ms) between this rank and ``peer``: `p2p_costs`' first value."""
@@ -191,7 +229,7 @@ def p2p_latency(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: i
 
 
 def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
-              device: str | torch.device = "cpu", group=None) -> tuple[float, float]:
+              device: str | torch.device = "cpu", group=None, estimate: str = "median") -> tuple[float, float]:
     """``(comm, post)`` in ms for one boundary message between this rank and ``peer``, measured by
     a ping-pong whose every leg is posted as the executor's ``Mailbox`` posts a message (one
     ``batch_isend_irecv``, one op per tensor of ``metas``; the same tensors travel back, as a
@@ -208,7 +246,9 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
         metas: the tensors of one boundary message (e.g. ``boundary_shapes(...)[s][j].tensors``).
         repeats, warmup: timed and untimed round trips.
         group: the process group holding both ranks (None: the world); ranks are its global ranks.
+        estimate: ``"median"`` or ``"mean"`` of the samples, for both values (`profile_costs`).
     """
+    pick = _estimator(estimate)
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     out = [torch.ones(m.shape, dtype=m.dtype, device=dev) for m in metas]
@@ -233,7 +273,7 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
         if n >= warmup:
             samples.append(time.perf_counter() - start)
     posts = _loaded_posts(out, back, peer, group, pinger, repeats, warmup, sync)
-    result = torch.tensor([statistics.median(samples) * 1e3 / 2, statistics.median(posts) * 1e3 if pinger else 0.0],
+    result = torch.tensor([pick(samples) * 1e3 / 2, pick(posts) * 1e3 if pinger else 0.0],
                           dtype=torch.float64, device=dev)  # the peer's values are overwritten by the pinger's
     leg(dist.isend if pinger else dist.irecv, [result])
     return float(result[0].item()), float(result[1].item())
@@ -306,9 +346,10 @@ def post_batches(spans: Sequence) -> list[tuple[float, list[Action]]]:
 
 def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs, *, skip: int = 1) -> Costs:
     """``base`` with the times a recorded run measured: each pass's time (F, B, W, BW, R; the
-    mean over its units and steps of span length less the time it waited for a message) and
+    mean over its units and steps of span length less the time it waited for a message),
     each boundary's ``post`` (the mean host time per SEND/RECV posted: a batch's span over its
-    actions). Means, not medians: a step is a sum of these times, and inside a pipeline posts
+    actions) and, if the run copied, ``copy_bandwidth`` (``base``'s ``act`` of every OFFLOAD and
+    RELOAD over their total time). Means, not medians: a step is a sum of these times, and inside a pipeline posts
     have a heavy tail (on gloo with both cores computing, about one batch in 40 takes 5-9 ms
     against a median of 0.45 ms) that a median would drop. What the run did not do (a pass, a
     boundary's posts) keeps ``base``'s value, as do bytes, ``comm`` and static memory.
@@ -322,6 +363,7 @@ def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs,
         raise ValueError(f"records of {len(records)} ranks for a schedule of {schedule.p}")
     passes: dict[tuple[int, int, str], list[float]] = {}
     posts: dict[tuple[int, int], list[float]] = {}
+    copied = copy_time = 0.0
     for steps in records:
         for step in list(steps)[skip:]:
             if not step.spans:
@@ -331,6 +373,9 @@ def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs,
                 if action.op in _PASS_FIELD:
                     key = (action.stage, action.slice, _PASS_FIELD[action.op])
                     passes.setdefault(key, []).append((span.end - span.start - span.wait) * 1e3)
+                elif action.op in (Op.OFFLOAD, Op.RELOAD):
+                    copied += base.unit(action.stage, action.slice).act
+                    copy_time += (span.end - span.start) * 1e3
             for seconds, actions in post_batches(step.spans):
                 for action in actions:
                     posts.setdefault((message_stage(action), action.slice), []).append(seconds * 1e3 / len(actions))
@@ -344,4 +389,5 @@ def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs,
                 got["post"] = statistics.fmean(posts[(s, j)])
             out.append(dataclasses.replace(unit, **got))
         rows.append(tuple(out))
-    return Costs(tuple(rows), base.static, base.copy_bandwidth)
+    bandwidth = copied / copy_time if copied > 0 and copy_time > 0 else base.copy_bandwidth
+    return Costs(tuple(rows), base.static, bandwidth, base.copy_stream)

@@ -86,6 +86,37 @@ def test_three_ranks_copy_stream_overlaps_compute():
     assert timeline.peak[0] == 8
 
 
+def test_copies_without_a_stream_hold_the_compute_stream():
+    # p=1, m=2, F=B=W=1 (BW=2), act=4, copy bandwidth 2 bytes/time -> OFFLOAD/RELOAD take 2.
+    # On a copy stream (the default): 0F0 [0,1]; 0OFFLOAD0 [1,3] beside 0F1 [1,2]; 0BW1 [2,4];
+    #   0RELOAD0 starts when the copy stream is free (3), while 0BW1 still holds unit 1 -> [3,5];
+    #   0BW0 [5,7]. Memory: 4 at 0, 8 at 1 (two units), at 3 the offload frees 4 as the reload adds 4.
+    # With copy_stream=False the copies run in program order on the compute stream:
+    #   0F0 [0,1] 0OFFLOAD0 [1,3] 0F1 [3,4] 0BW1 [4,6] 0RELOAD0 [6,8] 0BW0 [8,10]; at 3 and at 6
+    #   one unit's act leaves as another's arrives, so the level never exceeds one unit's act.
+    program = [["0F0", "0OFFLOAD0", "0F1", "0BW1", "0RELOAD0", "0BW0"]]
+    schedule = Schedule(Placement.standard(1), 2, program)
+    overlapped = simulate(schedule, Costs.uniform(1, act=4, copy_bandwidth=2))
+    assert _spans(overlapped) == {"0F0": (0, 1), "0OFFLOAD0": (1, 3), "0F1": (1, 2), "0BW1": (2, 4),
+                                  "0RELOAD0": (3, 5), "0BW0": (5, 7)}
+    assert overlapped.memory[0] == ((0, 4), (1, 8), (4, 4), (7, 0))
+    held = simulate(schedule, Costs.uniform(1, act=4, copy_bandwidth=2, copy_stream=False))
+    assert _spans(held) == {"0F0": (0, 1), "0OFFLOAD0": (1, 3), "0F1": (3, 4), "0BW1": (4, 6),
+                            "0RELOAD0": (6, 8), "0BW0": (8, 10)}
+    assert held.makespan == 10
+    assert held.busy == (6,) and held.copy_busy == (4,)  # copies still count as copy time, not busy
+    assert held.memory[0] == ((0, 4), (10, 0))
+    assert held.peak == (4,)
+    # even free copies (infinite bandwidth) wait for the pass before them to end
+    free = simulate(schedule, Costs.uniform(1, act=4, copy_stream=False))
+    assert _spans(free)["0RELOAD0"] == (4, 4) and free.peak == (4,)
+
+
+def test_costs_copy_stream_must_be_a_bool():
+    with pytest.raises(TypeError, match="copy_stream must be True or False"):
+        Costs.uniform(1, copy_stream=0)
+
+
 def test_recompute_memory_and_time():
     # p=1, m=2: F keeps only inp=1 of act=5; R (time 1) adds the rest, act - inp = 4, just before
     # BW; BW frees act (DESIGN.md's memory table: inp is part of act, never counted twice).

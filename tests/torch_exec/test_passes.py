@@ -207,6 +207,8 @@ def test_profile_measures_bytes_and_times_per_stage_and_slice():
     assert costs.units[1][0].inp == 2 * 8 * 32 * 4  # a hidden-state slice: 2 x 8 tokens x 32 fp32
     params = [sum(p.numel() for p in st.parameters()) for st in build_stages(spec, 2, [0, 1]).values()]
     assert costs.static == tuple(2.0 * 4 * n for n in params)  # weights and gradients
+    # copies were timed (a finite bandwidth) and, on CPU, hold the compute stream
+    assert 0 < costs.copy_bandwidth < float("inf") and costs.copy_stream is False
 
 
 def test_a_measured_step_becomes_a_timeline_and_a_chrome_trace(tmp_path):

@@ -43,6 +43,27 @@ def test_costs_from_run_takes_means_of_pass_time_less_waits_and_posts_per_action
     assert costs.static == (10.0, 20.0)
 
 
+def test_costs_from_run_prices_copies_as_bytes_over_their_time():
+    # stage 0 moves act = 4000 bytes per OFFLOAD and per RELOAD; stage 1 holds act = 6000
+    schedule = lower(one_f_one_b(2, 1))
+    base = Costs((((UnitCost(f=1, b=1, w=1, act=4000)),), (UnitCost(f=1, b=1, w=1, act=6000),)),
+                 copy_bandwidth=1.0, copy_stream=False)
+    rank0 = [_step([("0F0", 0.0, 0.001), ("0OFFLOAD0", 0.001, 0.003), ("0RELOAD0", 0.004, 0.005)])]
+    rank1 = [_step([("1F0", 0.0, 0.001), ("1OFFLOAD0", 0.001, 0.004)])]
+    costs = costs_from_run(schedule, [rank0, rank1], base, skip=0)
+    # bytes 4000 + 4000 + 6000 over 2 + 1 + 3 ms
+    assert costs.copy_bandwidth == pytest.approx(14000 / 6)
+    assert costs.copy_stream is False  # the base's: where copies run is not measured
+    no_copies = costs_from_run(schedule, [[_step([("0F0", 0, 0.001)])], [_step([("1F0", 0, 0.001)])]], base, skip=0)
+    assert no_copies.copy_bandwidth == 1.0  # nothing copied: the base's bandwidth stays
+
+
+def test_profile_refuses_an_unknown_estimate():
+    from backends.torch_exec.profile import profile_costs
+    with pytest.raises(ValueError, match="estimate must be one of 'median', 'mean', got 'max'"):
+        profile_costs(tiny_gpt(layers=2), 2, microbatch_size=2, estimate="max")
+
+
 def test_costs_from_run_refuses_records_that_do_not_fit():
     schedule = lower(one_f_one_b(2, 1))
     base = Costs.uniform(2)
@@ -66,9 +87,12 @@ def test_a_recorded_run_prices_every_pass_and_post_and_its_waits_fit_inside_thei
             assert step.started > 0
             for span in step.spans:
                 assert 0 <= span.wait <= span.end - span.start + 1e-6, span
+                # the thread's CPU time fits in the span (less its waits, to the clocks' resolution)
+                assert 0 <= span.cpu <= span.end - span.start - span.wait + 1e-4, span
                 if span.wait > 0:  # only a pass that takes a message from the other rank waits
                     a = parse_action(span.action)
                     assert a.op in (Op.F, Op.BW) and (a.stage, a.op) in ((1, Op.F), (0, Op.BW)), span
+            assert sum(span.cpu for span in step.spans if not parse_action(span.action).op.is_comm) > 0
     base = Costs.uniform(2, f=0, b=0, w=0, bw=0)
     costs = costs_from_run(lowered, [r.steps for r in results], base)
     for u in costs.units[0] + costs.units[1]:
