@@ -233,8 +233,8 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
     """``(comm, post)`` in ms for one boundary message between this rank and ``peer``, measured by
     a ping-pong whose every leg is posted as the executor's ``Mailbox`` posts a message (one
     ``batch_isend_irecv``, one op per tensor of ``metas``; the same tensors travel back, as a
-    boundary's gradient does). ``comm``, half the median round trip, is what ``ir.simulate`` adds
-    to every cross-rank boundary edge (`profile_costs(comm=...)`); ``post``, the median time inside
+    boundary's gradient does). ``comm``, half the round trip (median by default, ``estimate``), is
+    what ``ir.simulate`` adds to every cross-rank boundary edge (`profile_costs(comm=...)`); ``post``, the time inside
     ``batch_isend_irecv``, is ``UnitCost.post``, the host time a SEND or RECV of a lowered schedule
     takes. A post costs more between two passes than in a tight loop (cold caches), so ``post`` is
     timed as in a pipeline: the lower rank posts a send, then a receive, each between two spells of
