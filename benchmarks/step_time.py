@@ -98,9 +98,10 @@ def boundary_metas(spec, schedule: Schedule) -> list:
 
 
 def pooled_costs(rounds: list[Costs]) -> Costs:
-    """The per-field mean of several profiles of one model, each of the same number of repeats, so
-    the mean of all their samples (times, ``comm``, ``post`` and copy bandwidth; bytes and static
-    memory are the same in every profile and kept from the first)."""
+    """The per-field mean over several profiles of one model: pass times (each profile a mean of the
+    same number of repeats, so the mean of all their samples), ``comm`` and ``post`` (each profile's
+    median) and copy bandwidth; bytes and static memory are the same in every profile and kept from
+    the first."""
     first = rounds[0]
     timed = ("f", "b", "w", "bw", "r", "comm", "post")
     units = tuple(tuple(dataclasses.replace(u, **{name: statistics.fmean(getattr(c.units[s][j], name) for c in rounds)
