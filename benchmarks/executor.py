@@ -155,8 +155,9 @@ def memory(group: WorkerGroup, names: list[str]) -> list[dict]:
 
 
 
-def _cpu_ticks() -> tuple[float, int, int]:
-    """(now, busy CPU ticks of the whole machine including steal, ticks of this benchmark's processes)."""
+def _cpu_ticks() -> tuple[float, int, int, int]:
+    """(now, busy CPU ticks of the whole machine including steal, ticks of this benchmark's
+    processes, steal ticks: time the hypervisor ran something else on our cores)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
     ours = 0
@@ -165,10 +166,15 @@ def _cpu_ticks() -> tuple[float, int, int]:
             ours += sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
         except (OSError, IndexError, ValueError):
             pass
-    return time.monotonic(), busy, ours
+    return time.monotonic(), busy, ours, fields[7]
 
 
-def _others_cores(before: tuple[float, int, int]) -> float:
+def _stolen(before: tuple, after: tuple) -> tuple[float, float]:
+    """(seconds of cores the hypervisor took, seconds elapsed) between two `_cpu_ticks`."""
+    return (after[3] - before[3]) / os.sysconf("SC_CLK_TCK"), after[0] - before[0]
+
+
+def _others_cores(before: tuple[float, int, int, int]) -> float:
     """Cores that other processes (and the hypervisor's steal) used on average since ``before``."""
     now = _cpu_ticks()
     return max(0.0, (now[1] - before[1]) - (now[2] - before[2])) / os.sysconf("SC_CLK_TCK") / (now[0] - before[0])

@@ -114,30 +114,26 @@ def pooled_costs(rounds: list[Costs]) -> Costs:
 def step_ms(records: list[list]) -> float:
     """Mean over the timed steps of the slowest rank's step time (ms); ``records[rank]`` are
     that rank's timed steps, the same count on every rank."""
-    return statistics.fmean(max(steps) for steps in zip(*([s.seconds for s in r] for r in records),
-                                                         strict=True)) * 1e3
+    return statistics.fmean(max(step.seconds for step in steps) for steps in zip(*records, strict=True)) * 1e3
 
 
-def one_run(group: WorkerGroup, schedule: Schedule, spec, cfg: RunConfig, metas: list
-            ) -> tuple[Costs, list, dict[str, list[float]]]:
-    """ROUNDS rounds of ping, profile and WARMUP + STEPS steps: the pooled profile, per rank the
-    timed steps of every round, and the hypervisor's steal while profiling and while running
-    (``[seconds stolen, seconds elapsed]`` each)."""
+def one_run(group: WorkerGroup, schedule: Schedule, spec, cfg: RunConfig, metas: list,
+            steal: dict[str, list[float]]) -> tuple[Costs, list]:
+    """ROUNDS rounds of ping, profile and WARMUP + STEPS steps: the pooled profile and, per rank,
+    the timed steps of every round; adds the hypervisor's steal while profiling and while running
+    to ``steal`` (``[seconds stolen, seconds elapsed]`` per phase)."""
     profiles, records = [], [[] for _ in range(EX.P)]
-    steal = {"profile": [0.0, 0.0], "run": [0.0, 0.0]}
     for _ in range(ROUNDS):
         comm, post = group.run(ping_task, metas)[0]
-        before = _steal_ticks()
+        before = EX._cpu_ticks()
         profiles.append(group.run(profile_task, spec, schedule.num_stages, schedule.k, comm, post)[0])
-        between = _steal_ticks()
+        between = EX._cpu_ticks()
         results = group.run(run_rank, cfg)
-        after = _steal_ticks()
-        for phase, (t0, t1) in (("profile", (before, between)), ("run", (between, after))):
-            steal[phase][0] += (t1[1] - t0[1]) / os.sysconf("SC_CLK_TCK")
-            steal[phase][1] += t1[0] - t0[0]
+        for phase, took in (("profile", EX._stolen(before, between)), ("run", EX._stolen(between, EX._cpu_ticks()))):
+            steal[phase] = [total + x for total, x in zip(steal[phase], took, strict=True)]
         for rank, result in enumerate(results):
             records[rank] += result.steps[WARMUP:]
-    return pooled_costs(profiles), records, steal
+    return pooled_costs(profiles), records
 
 
 def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]:
@@ -151,13 +147,10 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
         metas = boundary_metas(spec, schedule)
         row = {"name": name, "k": schedule.k, "comm": [], "post": [], "run_post": [], "sim": [], "sim_run": [],
                "measured": []}
-        ticks, stolen = EX._cpu_ticks(), _steal_ticks()
+        ticks = EX._cpu_ticks()
         steal = {"profile": [0.0, 0.0], "run": [0.0, 0.0]}
         for _ in range(runs):
-            costs, records, stole = one_run(group, schedule, spec, cfg, metas)
-            for phase, (taken, elapsed) in stole.items():
-                steal[phase][0] += taken
-                steal[phase][1] += elapsed
+            costs, records = one_run(group, schedule, spec, cfg, metas, steal)
             measured_costs = costs_from_run(lowered, records, costs, skip=0)
             row["comm"].append(costs.units[0][0].comm)
             row["post"].append(costs.units[0][0].post)
@@ -168,7 +161,8 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
             row["measured"].append(step_ms(records))
         row["err"] = _worst(row["measured"], row["sim"])
         row["err_run"] = _worst(row["measured"], row["sim_run"])
-        row["steal"] = _steal_cores(stolen)
+        taken, elapsed = EX._stolen(ticks, EX._cpu_ticks())
+        row["steal"] = taken / elapsed
         row["others"] = max(0.0, EX._others_cores(ticks) - row["steal"])
         row["steal_profile"], row["steal_run"] = (taken / elapsed for taken, elapsed in steal.values())
         row.update(in_run(timeline, records, costs))
@@ -180,17 +174,6 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
               f"others {row['others']:.2f} cores", flush=True)
         rows.append(row)
     return rows
-
-
-def _steal_ticks() -> tuple[float, int]:
-    """(now, the machine's steal ticks so far: time the hypervisor ran something else on our cores)."""
-    return time.monotonic(), int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8])
-
-
-def _steal_cores(before: tuple[float, int]) -> float:
-    """Cores the hypervisor took on average since ``before``."""
-    now = _steal_ticks()
-    return (now[1] - before[1]) / os.sysconf("SC_CLK_TCK") / (now[0] - before[0])
 
 
 def _worst(measured: list[float], simulated: list[float]) -> float:
@@ -218,18 +201,19 @@ def in_run(timeline: Timeline, records: list[list], costs: Costs) -> dict[str, f
     per_rank = []
     for rank, steps in enumerate(records):
         acc = dict.fromkeys(("step", "passes", "passes_prof", "posts", "copies", "off_core"), 0.0)
+        ms = 1e3 / len(steps)  # seconds of all steps -> ms per step
         for step in steps:
-            acc["step"] += step.seconds * 1e3 / len(steps)
-            acc["posts"] += sum(seconds for seconds, _ in post_batches(step.spans)) * 1e3 / len(steps)
+            acc["step"] += step.seconds * ms
+            acc["posts"] += sum(seconds for seconds, _ in post_batches(step.spans)) * ms
             for span in step.spans:
-                a, took = parse_action(span.action), (span.end - span.start) * 1e3 / len(steps)
+                a, took = parse_action(span.action), (span.end - span.start) * ms
                 if a.op.is_comm:
                     continue
                 if a.op in (Op.OFFLOAD, Op.RELOAD):
                     acc["copies"] += took
                 else:
-                    acc["passes"] += took - span.wait * 1e3 / len(steps)
-                    acc["off_core"] += took - (span.wait + span.cpu) * 1e3 / len(steps)
+                    acc["passes"] += took - span.wait * ms
+                    acc["off_core"] += took - (span.wait + span.cpu) * ms
                     acc["passes_prof"] += costs.duration(a) / len(steps)
         acc["sim_posts"], acc["sim_copies"] = sim_posts[rank], sim_copies[rank]
         per_rank.append(acc)
