@@ -105,6 +105,12 @@ def _interrupts_ignored():
             signal.signal(signal.SIGINT, previous)
 
 
+def _nccl_device(device: torch.device) -> torch.device | None:
+    """The rank's GPU for ``init_process_group(device_id=...)`` (NCCL binds its communicator to it
+    instead of guessing at the first collective); None on CPU."""
+    return device if device.type == "cuda" else None
+
+
 def _worker(rank: int, world_size: int, port: int, device_kind: str, timeout: float, threads: int,
             tasks: Any, results: Any, parent: int) -> None:
     _watch_parent(parent)
@@ -113,7 +119,8 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, timeout: fl
     try:
         device = _device(device_kind, rank)
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+                                rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout),
+                                device_id=_nccl_device(device))
     except Exception:  # noqa: BLE001 - report any start-up failure to the parent
         results.put((rank, "error", traceback.format_exc()))
         code = 1
@@ -299,5 +306,6 @@ def init_from_env(device_kind: str, timeout: float) -> tuple[int, int, torch.dev
     rank, world_size, local_rank = found
     device = _device(device_kind, local_rank)
     dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", init_method="env://", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout),
+                            device_id=_nccl_device(device))
     return rank, world_size, device

@@ -145,9 +145,14 @@ class UnitMemory:
         kept: keys of the stage input's tensors a recomputed unit keeps instead of its activations.
     """
 
-    def __init__(self, tracker: MemoryTracker, weights: frozenset[int], label: str) -> None:
+    def __init__(self, tracker: MemoryTracker, weights: frozenset[int], label: str, device: str | None = None
+                 ) -> None:
         self._tracker = tracker
         self._weights = weights  # storage pointers of parameters and buffers: never packed
+        # the device type whose memory the unit's activations take (None: every saved tensor's);
+        # a saved tensor elsewhere, like the CPU seed and offset CUDA's attention kernels save, is
+        # not activation memory there and cannot go through a device-to-host copy: passed through
+        self._device = device
         self.label = label
         self.handles: list[Packed] = []
         self.recording: set[int] | None = None
@@ -161,7 +166,7 @@ class UnitMemory:
     def _pack(self, tensor: Tensor) -> Any:
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key in self._weights:
+        if key in self._weights or (self._device is not None and tensor.device.type != self._device):
             return tensor
         handle = Packed(tensor, self._tracker.hold_storage(key, storage), len(self.handles))
         self.handles.append(handle)

@@ -148,7 +148,8 @@ class StageRunner:
                     recompute, chain, split=split)
 
     def _memory(self, microbatch: int, slice_: int) -> UnitMemory:
-        return UnitMemory(self.tracker, self._weights, f"({self.module.index},{microbatch},{slice_})")
+        return UnitMemory(self.tracker, self._weights, f"({self.module.index},{microbatch},{slice_})",
+                          self.copier.device.type)
 
     def _autocast(self) -> Any:
         return autocast_context(self.copier.device.type, self.autocast)

@@ -52,7 +52,7 @@ def profile_costs(
     spec: ModelSpec, num_stages: int, *, microbatch_size: int, m: int = 1, k: int = 1,
     stage_layers: Sequence[int] | None = None, repeats: int = 5, warmup: int = 1, device: str = "cpu",
     comm: float = 0.0, post: float = 0.0, placement: Placement | None = None, evict: int = 16 << 20,
-    estimate: str = "median",
+    estimate: str = "median", fed: bool = True,
 ) -> Costs:
     """Measured `Costs` of ``spec`` split into ``num_stages`` stages, per stage and slice.
 
@@ -71,6 +71,13 @@ def profile_costs(
         estimate: ``"median"`` (a pass's typical time) or ``"mean"`` of the ``repeats`` (its expected
             time: a step is a sum of passes, so on a machine whose cores are sometimes taken, by a
             hypervisor's steal for one, the mean is what predicts a step's expected time).
+        fed: on CUDA, time each pass as a pipeline runs it, with the GPU still busy when the host
+            starts it (a sleep kernel ahead, so the host enqueues the pass's kernels before the GPU
+            reaches them): its GPU time between two events, or its host time where that is longer.
+            False: between two synchronizations, the launch and sync latencies in (on an H200 that
+            made 1 and 2 stage pipelines' simulated steps 7-25% longer than measured,
+            benchmarks/results/gpu.md). OFFLOAD/RELOAD, on their side stream, are always timed between
+            synchronizations. No effect on CPU.
     """
     pick = _estimator(estimate)
     dev = torch.device(device)
@@ -83,7 +90,7 @@ def profile_costs(
         stage_in = probe_inputs(s, shapes, xs, dev)
         out_meta = shapes[s] if s < num_stages - 1 else None
         row, copy_ms = _profile_stage(module, spec, stage_in, ys, out_meta, m, k, repeats, warmup, comm, post, evict,
-                                      pick)
+                                      pick, fed)
         rows.append(row)
         copied += sum(u.act for u in row)
         copy_time += copy_ms
@@ -97,14 +104,14 @@ def profile_costs(
 
 def _profile_stage(module: StageModule, spec: ModelSpec, xs: list, ys: list,
                    out_meta: list[Boundary] | None, m: int, k: int, repeats: int, warmup: int, comm: float,
-                   post: float, evict: int, pick) -> tuple[tuple[UnitCost, ...], float]:
+                   post: float, evict: int, pick, fed: bool) -> tuple[tuple[UnitCost, ...], float]:
     """The stage's costs per slice and the time (ms) of one OFFLOAD and one RELOAD of every slice, summed."""
     tracker = MemoryTracker()
     device = next(iter(module.parameters())).device
     runner = StageRunner(module, spec.loss_fn, 1.0 / (m * k), k, tracker, Copier(device), spec.seq_dim)
     learn_weight_plans(runner, xs, ys, out_meta)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timer = _Timer(sync, evict if device.type == "cpu" else 0)
+    timer = _Timer(sync, evict if device.type == "cpu" else 0, fed and device.type == "cuda")
     samples: list[dict[str, list[float]]] = [{} for _ in range(k)]
     for n in range(warmup + repeats):
         keep = n >= warmup
@@ -143,19 +150,56 @@ def _grad(out_meta: list[Boundary] | None, slice_: int, device: torch.device) ->
     return None if out_meta is None else ones_grads(out_meta[slice_], device)
 
 
+# the longest head start (ms) a fed CUDA timing gives the host before the GPU reaches the pass
+LEAD_CAP_MS = 200.0
+
+
 class _Timer:
     """Times one pass: waits for the device, sweeps ``evict`` bytes through the CPU caches (so the
     pass starts as cold as in a pipeline, where other microbatches' and stages' passes and the
-    comm threads ran since), then times the pass alone."""
+    comm threads ran since), then times the pass alone. ``fed`` (CUDA): the pass's GPU time with
+    the host ahead of the GPU (`profile_costs`); a ``copy`` is always timed between synchronizations."""
 
-    def __init__(self, sync, evict: int) -> None:
+    def __init__(self, sync, evict: int, fed: bool = False) -> None:
         self.sync = sync
         self.sweep = torch.zeros(evict // 4) if evict > 0 else None
+        self.fed = fed
+        if fed:
+            self.cycles_per_ms = _sleep_rate()
+            self.lead_ms = 20.0  # the head start the host gets; grows to twice the longest host time seen
 
-    def __call__(self, fn) -> float:
+    def __call__(self, fn, copy: bool = False) -> float:
         if self.sweep is not None:
             self.sweep.add_(1.0)
-        return _timed(fn, self.sync)
+        if copy or not self.fed:
+            return _timed(fn, self.sync)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.sync()
+        torch.cuda._sleep(int(self.lead_ms * self.cycles_per_ms))
+        start.record()
+        began = time.perf_counter()
+        fn()
+        host = time.perf_counter() - began
+        end.record()
+        end.synchronize()
+        gpu = start.elapsed_time(end) / 1e3
+        if host * 1e3 >= self.lead_ms:  # the pass itself waited for the GPU: its host time holds the sleep
+            return gpu
+        self.lead_ms = min(max(self.lead_ms, 2e3 * host), LEAD_CAP_MS)
+        return max(gpu, host)
+
+
+def _sleep_rate() -> float:
+    """GPU cycles per ms of ``torch.cuda._sleep`` (its argument is in cycles), measured."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cycles = 20_000_000
+    for _ in range(2):  # the first wakes the clocks up
+        torch.cuda.synchronize()
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+    return cycles / start.elapsed_time(end)
 
 
 def _timed(fn, sync) -> float:
@@ -217,8 +261,8 @@ def _copy_round(runner, xs, ys, out_meta, timer, samples) -> None:
     for unit in units:
         runner.forward(unit)
     for unit in reversed(units):
-        _put(samples, unit.slice, "offload", timer(lambda u=unit: runner.offload(u)))
-        _put(samples, unit.slice, "reload", timer(lambda u=unit: runner.reload(u)))
+        _put(samples, unit.slice, "offload", timer(lambda u=unit: runner.offload(u), copy=True))
+        _put(samples, unit.slice, "reload", timer(lambda u=unit: runner.reload(u), copy=True))
         runner.backward_full(unit, _grad(out_meta, unit.slice, runner.copier.device))
 
 

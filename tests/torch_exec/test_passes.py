@@ -5,7 +5,7 @@ import torch
 
 from backends.torch_exec.comms import Mailbox
 from backends.torch_exec.executor import SpanRecord, StepRecord
-from backends.torch_exec.memory import Copier, MemoryTracker
+from backends.torch_exec.memory import Copier, MemoryTracker, UnitMemory
 from backends.torch_exec.model import tiny_gpt
 from backends.torch_exec.passes import KVChain, StageRunner, unit_seed
 from backends.torch_exec.profile import profile_costs
@@ -147,6 +147,25 @@ def test_a_released_saved_tensor_is_reported_not_silently_used():
     unit.memory.release()
     with pytest.raises(RuntimeError, match=r"unit \(1,0,0\): autograd needs saved tensor #\d+, which was released"):
         runner.backward_full(unit, torch.ones(2, spec.seq_len, 32))
+
+
+def test_saved_tensors_off_the_units_device_are_neither_counted_nor_copied():
+    """CUDA's attention kernels save CPU scalars (their RNG seed and offset): on a unit whose
+    activations live on another device they are not activation memory and have no device-to-host
+    copy, so they pass through the hooks as weights do (found on an H200: record_stream on a CPU
+    tensor failed every offload). Here the CPU tensors play that part for a unit declared on cuda."""
+    x = torch.randn(4, 8, requires_grad=True)
+    nbytes = x.numel() * x.element_size()
+    # sin saves x, the product saves sin(x) and x: three saved tensors on two storages
+    for device, held, count in (("cpu", 2 * nbytes, 3), ("cuda", 0, 0)):
+        tracker = MemoryTracker()
+        memory = UnitMemory(tracker, frozenset(), "(0,0,0)", device)
+        with memory.hooks():
+            y = (x.sin() * x).sum()
+        assert (tracker.level, memory.count) == (held, count)
+        y.backward()  # what passed through is used as saved
+        torch.testing.assert_close(x.grad, x.cos() * x + x.sin())
+        x.grad = None
 
 
 def test_slices_with_carried_keys_and_values_equal_the_whole_sequence():
