@@ -287,7 +287,7 @@ def summary(rows: list[dict]) -> str:
     within = sum(abs(r["err"]) <= TARGET for r in rows)
     within_run = sum(abs(r["err_run"]) <= TARGET for r in rows)
     gap = sum(r["gap"] for r in rows)
-    share = {key: sum(r[key] for r in rows) / gap for key in ("passes", "posts", "copies", "waits")} if gap else {}
+    parts = {key: sum(r[key] for r in rows) for key in ("passes", "posts", "copies", "waits")}
     spread = max((max(r["sim"]) - min(r["sim"])) / min(r["sim"]) for r in rows)
     mspread = max((max(r["measured"]) - min(r["measured"])) / min(r["measured"]) for r in rows)
     post = statistics.median(p for r in rows for p in r["post"])
@@ -296,9 +296,9 @@ def summary(rows: list[dict]) -> str:
             f"on run-measured costs. A post costs {post:.3f} ms as profiled and {run_post:.3f} ms inside the "
             f"pipeline (medians over the runs). The profiled simulation moves up to {spread:.0%} between the runs of "
             f"a row, the measured step up to {mspread:.0%}.")
-    if share:
-        text += (f" Of the gaps summed over the rows: passes {share['passes']:.0%}, posts {share['posts']:.0%}, "
-                 f"copies {share['copies']:.0%}, waits {share['waits']:.0%}.")
+    # ms, not shares: parts of either sign make shares of a small sum meaningless
+    text += (f" The gaps summed over the rows: {gap:+.1f} ms = passes {parts['passes']:+.1f}, posts "
+             f"{parts['posts']:+.1f}, copies {parts['copies']:+.1f}, waits {parts['waits']:+.1f} ms.")
     return text
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from backends.torch_exec.comms import post_batch
 from backends.torch_exec.executor import split_batch
 from backends.torch_exec.memory import Copier, MemoryTracker
 from backends.torch_exec.model import ModelSpec
@@ -326,7 +327,7 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
 def _post(op, tensors: list[Tensor], peer: int, group) -> list:
     """One message posted as the executor's ``Mailbox`` posts it: one ``batch_isend_irecv``, one op
     (tag) per tensor."""
-    return dist.batch_isend_irecv([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)])
+    return post_batch([dist.P2POp(op, t, peer, group, n) for n, t in enumerate(tensors)])
 
 
 def _busy(seconds: float, work: Tensor) -> None:
