@@ -75,10 +75,11 @@ def profile_costs(
         fed: on CUDA, time each pass as a pipeline runs it, with the GPU still busy when the host
             starts it (a sleep kernel ahead, so the host enqueues the pass's kernels before the GPU
             reaches them): its GPU time between two events, or its host time where that is longer.
-            False: between two synchronizations, the launch and sync latencies in (on an H200 that
-            made 1 and 2 stage pipelines' simulated steps 7-25% longer than measured,
-            benchmarks/results/gpu.md). OFFLOAD/RELOAD, on their side stream, are always timed between
-            synchronizations. No effect on CPU.
+            False: between two synchronizations, the launch and sync latencies in (on an H200 the
+            measured steps of 1- and 2-stage pipelines came out 5.7-18.5% below their simulation
+            on such profiles, against within 0.4% fed for all but po-h, benchmarks/results/gpu.md).
+            OFFLOAD/RELOAD, on their side stream, are always timed between synchronizations. No
+            effect on CPU.
     """
     pick = _estimator(estimate)
     dev = torch.device(device)
