@@ -64,8 +64,8 @@ def test_nccl_ranks_match_one_process_and_report_cuda_peaks(name, p):
         results = group.run(run_rank, RunConfig(schedule, spec, 8, keep_grads=True, device="cuda"))
     ref = reference_step(spec, 8, num_stages=schedule.num_stages, m=4, per_unit=False)
     grads = {k: v for r in results for k, v in r.grads.items()}
-    for name, expected in ref.grads.items():  # GPU kernels sum in other orders than the CPU reference
-        torch.testing.assert_close(grads[name], expected, rtol=1e-4, atol=1e-5)
+    for param, expected in ref.grads.items():  # GPU kernels sum in other orders than the CPU reference
+        torch.testing.assert_close(grads[param], expected, rtol=1e-4, atol=1e-5)
     assert all(r.steps[0].cuda_peak_bytes > 0 for r in results)
 
 
