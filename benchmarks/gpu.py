@@ -8,10 +8,11 @@ that rank (two for the V schedules, whose stage-to-stage transfer stays on the r
 passes, recomputes and copies of one device, OFFLOAD/RELOAD on a side stream into pinned host memory
 (``Costs.copy_stream`` is true on CUDA, so the simulator overlaps them with compute as the executor does).
 
-Each run of a row profiles (``profile_costs`` on the GPU, every pass timed alone between two
-``torch.cuda.synchronize``; means of ``PROFILE_REPEATS``) and then runs ``WARMUP + STEPS`` steps in the
-same process; measured is the mean of the timed steps (barrier to the end of the program, synchronized),
-simulated is ``ir.simulate`` of the lowered schedule the executor runs on those costs. The activation
+Each run of a row profiles twice (``profile_costs`` on the GPU, means of ``PROFILE_REPEATS``: ``fed=True``,
+each pass's GPU time with the host ahead of the GPU, and ``fed=False``, each pass between two
+``torch.cuda.synchronize``) and then runs ``WARMUP + STEPS`` steps in the same process; measured is the
+mean of the timed steps (barrier to the end of the program, synchronized), simulated is ``ir.simulate`` of
+the lowered schedule the executor runs on each profile. The activation
 peak is the executor's MemoryTracker (saved tensors' bytes, in the host's order) against the simulated
 one; ``cuda max`` is ``torch.cuda.max_memory_allocated`` over the last step, which also holds the
 weights, the gradients and each pass's temporaries.
@@ -20,7 +21,6 @@ weights, the gradients and each pass's temporaries.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import statistics
 import sys
@@ -67,13 +67,14 @@ def one_row(group: WorkerGroup, name: str, runs: int) -> dict:
         synced = group.run(profile_task, spec, schedule, False)[0]
         costs = group.run(profile_task, spec, schedule, True)[0]
         result = group.run(run_rank, cfg)[0]
-        row["sim"].append(simulate(lowered, costs).makespan)
+        timeline = simulate(lowered, costs)
+        row["sim"].append(timeline.makespan)
         row["sim_synced"].append(simulate(lowered, synced).makespan)
         row["measured"].append(statistics.fmean(s.seconds for s in result.steps[WARMUP:]) * 1e3)
     last = result.steps[-1]
     u = costs.units[0][0]
     row.update(f=u.f, b=u.b, w=u.w, r=u.r, bandwidth=costs.copy_bandwidth,
-               act_sim=simulate(lowered, dataclasses.replace(costs, static=())).peak[0],
+               act_sim=timeline.peak[0] - costs.static[0],  # the simulated level is static + activations
                act=last.peak_bytes, cuda=last.cuda_peak_bytes, weights=costs.static[0] / 2)
     row["err"], row["err_synced"] = (_worst(row["measured"], row[key]) for key in ("sim", "sim_synced"))
     print(f"{name}: measured {_ms(row['measured'])} ms, simulated {_ms(row['sim'])} ms, worst error "
