@@ -7,10 +7,11 @@ the same SEND/RECV posts in the same places), with two sources of costs:
 
 - profiled (the target's): ``profile_costs`` (F, B, W, BW, R and the OFFLOAD/RELOAD copies timed
   in each worker process at once, one torch thread each, every pass alone after a cache sweep;
-  means) plus, from a gloo ping-pong of the model's boundary tensor between the two ranks
-  (``profile.p2p_costs``), ``comm`` (half the median round trip, added to every cross-rank
-  boundary edge) and ``post`` (the median host time inside one ``batch_isend_irecv`` between two
-  spells of compute, which every SEND/RECV holds the rank's compute stream for). A run takes
+  means) plus, from gloo messages of the model's boundary tensor between the two ranks
+  (``profile.p2p_costs``), ``comm`` (the median time from the end of a send's post to a waiting
+  receiver's having it, measured both ways so the clocks' offset cancels; added to every
+  cross-rank boundary edge) and ``post`` (the median host time inside one ``batch_isend_irecv``
+  between two spells of compute, which every SEND/RECV holds the rank's compute stream for). A run takes
   ``ROUNDS`` rounds of ping, profile and a few steps, so that profile and steps see the same
   machine (this VM's speed drifts by tens of percent within minutes); its costs pool the rounds'.
 - run-measured (``profile.costs_from_run``): the pass, post and copy times the timed steps
@@ -18,6 +19,10 @@ the same SEND/RECV posts in the same places), with two sources of costs:
   share of its batch's post), the bytes and ``comm`` as profiled. Simulating a run on its own
   pass times leaves out the profile's error and measures what the simulator's rules themselves
   miss: how the passes, posts and messages compose into a step.
+- run-sampled (``profile.sampled_makespans``): the mean makespan of ``DRAWS`` simulations, each
+  action's time drawn from what the run's actions of its kind took (span less waits, plus the host
+  time before it): the run's means with its spread, which two coupled ranks pay (a late action on
+  one makes the other wait) and a simulation on means does not.
 
 Every timed run records spans (two clock reads per action, the same in every row). A step's time
 is the slowest rank's, barrier to end of its program; a run's time is the mean of its timed steps.
@@ -43,7 +48,7 @@ import torch
 from backends.torch_exec.executor import prepare_schedule
 from backends.torch_exec.launch import WorkerGroup
 from backends.torch_exec.model import tiny_gpt
-from backends.torch_exec.profile import costs_from_run, p2p_costs, post_batches, profile_costs
+from backends.torch_exec.profile import costs_from_run, p2p_costs, post_batches, profile_costs, sampled_makespans
 from backends.torch_exec.stages import boundary_shapes
 from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
 from ir import Costs, Op, Schedule, Stream, Timeline, parse_action, simulate
@@ -72,6 +77,7 @@ PROFILE_REPEATS, PROFILE_WARMUP, PING_REPEATS = 2, 1, 20  # per round
 # ping's comm and post stay medians: its 20 round trips start cold after the run before, and their
 # means came out 1.5-2x the posts' mean inside the runs (0.47-1.05 against 0.32-0.54 ms)
 ESTIMATE = "mean"
+DRAWS = 20  # simulations per run on run-sampled times (their mean is reported)
 TARGET = 0.10
 # one of each family, recompute and offload included
 TIMED = ("gpipe", "1f1b", "1f1b-recompute", "interleaved", "zb-h1", "zb-v", "seq1f1b", "po-h", "chronos-recomp",
@@ -79,7 +85,7 @@ TIMED = ("gpipe", "1f1b", "1f1b-recompute", "interleaved", "zb-h1", "zb-v", "seq
 
 
 def ping_task(metas: list, *, rank: int, world_size: int, device: torch.device) -> tuple[float, float]:
-    """``(comm, post)`` in ms for one boundary message between the two ranks (gloo ping-pong)."""
+    """``(comm, post)`` in ms for one boundary message between the two ranks (gloo, `p2p_costs`)."""
     return p2p_costs(metas, rank=rank, peer=1 - rank, repeats=PING_REPEATS, device=device)
 
 
@@ -146,7 +152,7 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
                         record_spans=True)
         metas = boundary_metas(spec, schedule)
         row = {"name": name, "k": schedule.k, "comm": [], "post": [], "run_post": [], "sim": [], "sim_run": [],
-               "measured": []}
+               "sim_drawn": [], "measured": []}
         ticks = EX._cpu_ticks()
         steal = {"profile": [0.0, 0.0], "run": [0.0, 0.0]}
         for _ in range(runs):
@@ -158,9 +164,11 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
             timeline = simulate(lowered, costs)
             row["sim"].append(timeline.makespan)  # ms, as profile_costs measures
             row["sim_run"].append(simulate(lowered, measured_costs).makespan)
+            row["sim_drawn"].append(statistics.fmean(sampled_makespans(lowered, records, costs, draws=DRAWS, skip=0)))
             row["measured"].append(step_ms(records))
         row["err"] = _worst(row["measured"], row["sim"])
         row["err_run"] = _worst(row["measured"], row["sim_run"])
+        row["err_drawn"] = _worst(row["measured"], row["sim_drawn"])
         taken, elapsed = EX._stolen(ticks, EX._cpu_ticks())
         row["steal"] = taken / elapsed
         row["others"] = max(0.0, EX._others_cores(ticks) - row["steal"])
@@ -168,7 +176,8 @@ def timing(group: WorkerGroup, names: list[str], runs: int = RUNS) -> list[dict]
         row.update(in_run(timeline, records, costs))
         print(f"time {name}: measured {_ms(row['measured'])} ms; simulated on profiled costs {_ms(row['sim'])} ms, "
               f"worst error {row['err']:+.1%}; on run-measured costs {_ms(row['sim_run'])} ms, worst error "
-              f"{row['err_run']:+.1%}; comm {_ms(row['comm'], 3)}, post {_ms(row['post'], 3)} (in the run "
+              f"{row['err_run']:+.1%}; on run-sampled times {_ms(row['sim_drawn'])} ms, worst error "
+              f"{row['err_drawn']:+.1%}; comm {_ms(row['comm'], 3)}, post {_ms(row['post'], 3)} (in the run "
               f"{_ms(row['run_post'], 3)}) ms; gap {_gap(row)}; descheduled {row['descheduled']:.0%}; "
               f"steal {row['steal']:.2f} (profiling {row['steal_profile']:.2f}, running {row['steal_run']:.2f}), "
               f"others {row['others']:.2f} cores", flush=True)
@@ -249,15 +258,19 @@ def render(rows: list[dict], seconds: float, runs: int) -> str:
         f"Measured: our executor's step (slowest rank, barrier to end of program), the mean of {STEPS} steps after "
         f"{WARMUP} warm-up in each of {ROUNDS} rounds. Simulated: `ir.simulate` of the lowered schedule the "
         "executor runs (`prepare_schedule`, receives posted early on gloo). Profiled costs: each round first "
-        f"measures `comm` and `post` (medians of {PING_REPEATS} gloo ping-pongs of the boundary tensor, "
-        f"`profile.p2p_costs`), then `profile_costs(..., repeats={PROFILE_REPEATS}, warmup={PROFILE_WARMUP}, "
+        f"measures `comm` and `post` (medians of {PING_REPEATS} gloo messages of the boundary tensor each way, "
+        "`profile.p2p_costs`: `comm` from a send's post end to a waiting receiver's having it), then "
+        f"`profile_costs(..., repeats={PROFILE_REPEATS}, warmup={PROFILE_WARMUP}, "
         f"estimate=\"{ESTIMATE}\")` on both ranks at once (every pass timed alone after a cache sweep; OFFLOAD/"
         "RELOAD timed too, and on CPU they hold the compute stream, `Costs.copy_stream`), then runs the steps: "
         "profile and steps alternate, so both see the same machine; the run's costs are the mean over its rounds. "
         f"Each of {runs} runs of a row is listed; `worst error` is the worst run's (measured - simulated) / "
         "simulated. Run-measured costs: `costs_from_run` on the same run's spans (pass times less their waits; "
         "`post` per SEND/RECV as posted in the pipeline, the `in-run post` column), so that column's error is "
-        f"the simulator's rules alone, with no profile error. Target: within {TARGET:.0%} on profiled costs. "
+        f"the simulator's rules alone, with no profile error. Run-sampled: the mean of {DRAWS} simulations, each "
+        "action's time drawn from the same run's times of its kind (span less waits plus the host time before it; "
+        "`profile.sampled_makespans`), the run's spread on top of its means. "
+        f"Target: within {TARGET:.0%} on profiled costs. "
         "`gap`: the last run's mean step minus its profiled simulation, split as passes + posts + copies + waits "
         "(passes' own time over profiled, posts over simulated posts, OFFLOAD/RELOAD over simulated copies, and "
         "the rest, waiting for messages); `slowdown`: the passes' own time in the pipeline over profiled, both "
@@ -266,16 +279,18 @@ def render(rows: list[dict], seconds: float, runs: int) -> str:
         "(/proc/stat) while the row's profiles ran and while its steps ran; `others`: cores other processes used.",
         "",
         "| schedule | k | comm ms | post ms | simulated ms (profiled) | measured ms | worst error | within 10% | "
-        "in-run post ms | simulated ms (run-measured) | worst error | within 10% | gap ms | passes | posts | "
-        "copies | waits | slowdown | descheduled | steal profiling | steal running | others |",
-        "| --- " * 22 + "|",
+        "in-run post ms | simulated ms (run-measured) | worst error | within 10% | simulated ms (run-sampled) | "
+        "worst error | gap ms | passes | posts | copies | waits | slowdown | descheduled | steal profiling | "
+        "steal running | others |",
+        "| --- " * 24 + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['k']} | {_ms(r['comm'], 3)} | {_ms(r['post'], 3)} | {_ms(r['sim'])} | "
             f"{_ms(r['measured'])} | {r['err']:+.1%} | {ok(r['err'])} | {_ms(r['run_post'], 3)} | "
             f"{_ms(r['sim_run'])} | "
-            f"{r['err_run']:+.1%} | {ok(r['err_run'])} | {_gap(r, ' | ', ' | ')} | {r['slowdown']:.2f} | "
+            f"{r['err_run']:+.1%} | {ok(r['err_run'])} | {_ms(r['sim_drawn'])} | {r['err_drawn']:+.1%} | "
+            f"{_gap(r, ' | ', ' | ')} | {r['slowdown']:.2f} | "
             f"{r['descheduled']:.0%} | {r['steal_profile']:.2f} | {r['steal_run']:.2f} | {r['others']:.2f} |")
     if rows:
         lines += ["", summary(rows)]
@@ -286,6 +301,9 @@ def summary(rows: list[dict]) -> str:
     """What the rows say, in numbers computed from them."""
     within = sum(abs(r["err"]) <= TARGET for r in rows)
     within_run = sum(abs(r["err_run"]) <= TARGET for r in rows)
+    within_drawn = sum(abs(r["err_drawn"]) <= TARGET for r in rows)
+    drawn = statistics.median(abs(r["err_drawn"]) for r in rows)
+    meaned = statistics.median(abs(r["err_run"]) for r in rows)
     gap = sum(r["gap"] for r in rows)
     parts = {key: sum(r[key] for r in rows) for key in ("passes", "posts", "copies", "waits")}
     spread = max((max(r["sim"]) - min(r["sim"])) / min(r["sim"]) for r in rows)
@@ -293,7 +311,9 @@ def summary(rows: list[dict]) -> str:
     post = statistics.median(p for r in rows for p in r["post"])
     run_post = statistics.median(p for r in rows for p in r["run_post"])
     text = (f"{within} of {len(rows)} schedules within {TARGET:.0%} on profiled costs, {within_run} of {len(rows)} "
-            f"on run-measured costs. A post costs {post:.3f} ms as profiled and {run_post:.3f} ms inside the "
+            f"on run-measured costs, {within_drawn} of {len(rows)} on run-sampled times (median worst error by size "
+            f"{meaned:.1%} on the run's means, {drawn:.1%} on its samples). A post costs {post:.3f} ms as profiled "
+            f"and {run_post:.3f} ms inside the "
             f"pipeline (medians over the runs). The profiled simulation moves up to {spread:.0%} between the runs of "
             f"a row, the measured step up to {mspread:.0%}.")
     # ms, not shares: parts of either sign make shares of a small sum meaningless

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -43,10 +44,11 @@ from backends.torch_exec.model import ModelSpec
 from backends.torch_exec.passes import KVChain, StageRunner
 from backends.torch_exec.stages import Boundary, StageModule, TensorMeta, boundary_shapes, build_stages
 from backends.torch_exec.worker import first_microbatch, learn_weight_plans, ones_grads, probe_inputs, to_device
-from ir import Action, Costs, Op, Placement, Schedule, UnitCost, parse_action
+from ir import Action, Costs, Op, Placement, Schedule, UnitCost, parse_action, simulate
 from ir.costs import message_stage
 
-__all__ = ["costs_from_run", "p2p_costs", "p2p_latency", "post_batches", "profile_costs"]
+__all__ = ["costs_from_run", "one_way_latencies", "p2p_costs", "p2p_latency", "post_batches", "profile_costs",
+           "sampled_makespans"]
 
 
 def profile_costs(
@@ -270,27 +272,35 @@ def _copy_round(runner, xs, ys, out_meta, timer, samples) -> None:
 
 def p2p_latency(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
                 device: str | torch.device = "cpu", group=None) -> float:
-    """One boundary message's one-way time (ms) between this rank and ``peer``: `p2p_costs`' first value."""
+    """One boundary message's one-way time (ms) to a waiting receiver between this rank and ``peer``:
+    `p2p_costs`' first value."""
     return p2p_costs(metas, rank=rank, peer=peer, repeats=repeats, warmup=warmup, device=device, group=group)[0]
 
 
 def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int = 50, warmup: int = 5,
               device: str | torch.device = "cpu", group=None, estimate: str = "median") -> tuple[float, float]:
-    """``(comm, post)`` in ms for one boundary message between this rank and ``peer``, measured by
-    a ping-pong whose every leg is posted as the executor's ``Mailbox`` posts a message (one
-    ``batch_isend_irecv``, one op per tensor of ``metas``; the same tensors travel back, as a
-    boundary's gradient does). ``comm``, half the round trip (median by default, ``estimate``), is
-    what ``ir.simulate`` adds to every cross-rank boundary edge (`profile_costs(comm=...)`); ``post``, the time inside
-    ``batch_isend_irecv``, is ``UnitCost.post``, the host time a SEND or RECV of a lowered schedule
-    takes. A post costs more between two passes than in a tight loop (cold caches), so ``post`` is
-    timed as in a pipeline: the lower rank posts a send, then a receive, each between two spells of
-    compute while the peer computes, the receive ahead of its send (`_loaded_posts`). Both ranks
-    call it (the lower one pings); both get the lower rank's measurement. `costs_from_run`
-    measures posts in a real run.
+    """``(comm, post)`` in ms for one boundary message between this rank and ``peer``, each message
+    posted as the executor's ``Mailbox`` posts it (one ``batch_isend_irecv``, one op per tensor of
+    ``metas``; the same tensors travel back, as a boundary's gradient does), in a pipeline's
+    conditions: the sender posts between two passes of its own while the receiver, its receive
+    posted early (as ``ir.lower`` posts them on gloo), has finished its pass and waits.
+
+    ``comm`` is what ``ir.simulate`` adds to a SEND's post end before the message is there
+    (`profile_costs(comm=...)`): the time from the end of the sender's post to the return of the
+    waiting receiver's wait, measured both ways (`_one_way`) so that the two ranks' clocks need not
+    agree: the mean of the two directions' stamp differences cancels their offset (NTP's rule).
+    Not half a round trip, as before: a round trip holds both sides' posts, which the simulation
+    charges separately, and with both ranks idle in their waits some ping-pongs take time slices
+    (on a 2-core VM, half the median round trip of 20 was 0.08-0.2 ms in most runs and 1.4-2.0 ms
+    in some; this measurement gave 0.003-0.027 ms in every run, as the executor's own spans show:
+    a waiting consumer had its message a median 0.006-0.043 ms before the post ended). ``post``, the
+    time inside ``batch_isend_irecv``, is ``UnitCost.post``, the host time a SEND or RECV of a
+    lowered schedule takes, timed between two spells of compute (`_loaded_posts`). Both ranks call
+    it; both get the lower rank's values. `costs_from_run` measures posts in a real run.
 
     Args:
         metas: the tensors of one boundary message (e.g. ``boundary_shapes(...)[s][j].tensors``).
-        repeats, warmup: timed and untimed round trips.
+        repeats, warmup: timed and untimed messages each way.
         group: the process group holding both ranks (None: the world); ranks are its global ranks.
         estimate: ``"median"`` or ``"mean"`` of the samples, for both values (`profile_costs`).
     """
@@ -299,30 +309,69 @@ def p2p_costs(metas: Sequence[TensorMeta], *, rank: int, peer: int, repeats: int
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     out = [torch.ones(m.shape, dtype=m.dtype, device=dev) for m in metas]
     back = [torch.empty(m.shape, dtype=m.dtype, device=dev) for m in metas]
-
-    def leg(op, tensors: list[Tensor]) -> None:
-        for work in _post(op, tensors, peer, group):
-            work.wait()
-
     pinger = rank < peer
-    samples = []
-    for n in range(warmup + repeats):
-        sync()
-        start = time.perf_counter()
-        if pinger:
-            leg(dist.isend, out)
-            leg(dist.irecv, back)
-        else:
-            leg(dist.irecv, back)
-            leg(dist.isend, out)
-        sync()
-        if n >= warmup:
-            samples.append(time.perf_counter() - start)
+    one_way = _one_way(out, back, peer, group, pinger, repeats, warmup, sync)  # the pinger's samples
+    # a message can be there before its post returns (the post yields the core to gloo's I/O thread)
+    comm = max(0.0, pick(one_way)) if pinger else 0.0
     posts = _loaded_posts(out, back, peer, group, pinger, repeats, warmup, sync)
-    result = torch.tensor([pick(samples) * 1e3 / 2, pick(posts) * 1e3 if pinger else 0.0],
+    result = torch.tensor([comm * 1e3, pick(posts) * 1e3 if pinger else 0.0],
                           dtype=torch.float64, device=dev)  # the peer's values are overwritten by the pinger's
-    leg(dist.isend if pinger else dist.irecv, [result])
+    for work in _post(dist.isend if pinger else dist.irecv, [result], peer, group):
+        work.wait()
     return float(result[0].item()), float(result[1].item())
+
+
+# Compute (s) around each timed message of `_one_way`: a rank sends, computes _AFTER, posts its
+# receive for the next message and computes _RECEIVER_BEFORE, while its peer, from the message's
+# arrival, computes _SENDER_BEFORE and sends: the longer spell makes the receiver wait when the
+# message leaves, as a consumer does in a pipeline (equal spells let the two race)
+_SENDER_BEFORE, _AFTER, _RECEIVER_BEFORE = 1.5e-3, 0.5e-3, 0.25e-3
+
+
+def _one_way(out: list[Tensor], back: list[Tensor], peer: int, group, pinger: bool, repeats: int, warmup: int,
+             sync) -> list[float]:
+    """One-way times (s) of one message to a waiting receiver, one per round of a message each way
+    (the pinger's first): in each, the sender computes, posts (its stamp: when the post returns),
+    computes again (the next pass) and waits for its send; the receiver posted its receive before,
+    computes less and waits (its stamp: when the wait returns). Stamp differences of the two
+    directions are ``latency + offset`` and ``latency - offset`` (``offset``: the receiver's clock
+    less the sender's), so each round's mean of the two is the latency (both ways equally fast),
+    whatever the clocks' offset. The pinger gets the samples, the peer an empty list. The spells
+    of compute multiply 128 x 128 matrices (tens of us each, so a spell ends on time; one product
+    of `_loaded_posts`' 1 MiB matrices takes about 3 ms on one core)."""
+    work = torch.ones(128, 128, device=out[0].device)
+    stamps = [0.0] * (2 * (warmup + repeats))
+    for n in range(len(stamps)):
+        sending = (n % 2 == 0) == pinger
+        if sending:
+            _busy(_SENDER_BEFORE, work)
+            works = _post(dist.isend, out if pinger else back, peer, group)
+            stamps[n] = time.perf_counter()
+            _busy(_AFTER, work)
+        else:
+            works = _post(dist.irecv, back if pinger else out, peer, group)
+            _busy(_RECEIVER_BEFORE, work)
+        for w in works:
+            w.wait()
+        sync()
+        if not sending:
+            stamps[n] = time.perf_counter()
+    mine = torch.tensor(stamps, dtype=torch.float64, device=out[0].device)  # NCCL moves device tensors only
+    theirs = torch.empty_like(mine)
+    for w in post_batch([dist.P2POp(dist.isend, mine, peer, group), dist.P2POp(dist.irecv, theirs, peer, group)]):
+        w.wait()
+    return one_way_latencies(stamps, theirs.cpu().tolist(), warmup) if pinger else []
+
+
+def one_way_latencies(mine: Sequence[float], theirs: Sequence[float], warmup: int = 0) -> list[float]:
+    """Per round, the one-way time of a message from the stamps of `_one_way`: ``mine`` the
+    pinger's (even entries: when its send's post returned; odd: when its receive's wait returned),
+    ``theirs`` the peer's (even: arrivals; odd: post ends), each on its own clock. A round's two
+    stamp differences are ``latency + offset`` and ``latency - offset``; their mean is the latency,
+    whatever the offset between the clocks. The first ``warmup`` rounds are left out."""
+    if len(mine) != len(theirs) or len(mine) % 2:
+        raise ValueError(f"stamps of {len(mine)} and {len(theirs)} messages: both sides need the same even count")
+    return [((theirs[n] - mine[n]) + (mine[n + 1] - theirs[n + 1])) / 2 for n in range(2 * warmup, len(mine), 2)]
 
 
 def _post(op, tensors: list[Tensor], peer: int, group) -> list:
@@ -390,6 +439,14 @@ def post_batches(spans: Sequence) -> list[tuple[float, list[Action]]]:
     return [(end - start, actions) for (start, end), actions in batches.items()]
 
 
+def _check_records(schedule: Schedule, records: Sequence[Sequence], skip: int) -> None:
+    """Refuse records that are not one list of steps per rank, each kept step with spans."""
+    if len(records) != schedule.p:
+        raise ValueError(f"records of {len(records)} ranks for a schedule of {schedule.p}")
+    if any(not step.spans for steps in records for step in list(steps)[skip:]):
+        raise ValueError("the run recorded no spans: run it with RunConfig(record_spans=True)")
+
+
 def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs, *, skip: int = 1) -> Costs:
     """``base`` with the times a recorded run measured: each pass's time (F, B, W, BW, R; the
     mean over its units and steps of span length less the time it waited for a message),
@@ -405,15 +462,12 @@ def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs,
         records: ``records[rank]`` is that rank's list of `StepRecord` s, recorded with spans.
         skip: leading steps of each rank left out (warm-up).
     """
-    if len(records) != schedule.p:
-        raise ValueError(f"records of {len(records)} ranks for a schedule of {schedule.p}")
+    _check_records(schedule, records, skip)
     passes: dict[tuple[int, int, str], list[float]] = {}
     posts: dict[tuple[int, int], list[float]] = {}
     copied = copy_time = 0.0
     for steps in records:
         for step in list(steps)[skip:]:
-            if not step.spans:
-                raise ValueError("the run recorded no spans: run it with RunConfig(record_spans=True)")
             for span in step.spans:
                 action = parse_action(span.action)
                 if action.op in _PASS_FIELD:
@@ -437,3 +491,73 @@ def costs_from_run(schedule: Schedule, records: Sequence[Sequence], base: Costs,
         rows.append(tuple(out))
     bandwidth = copied / copy_time if copied > 0 and copy_time > 0 else base.copy_bandwidth
     return Costs(tuple(rows), base.static, bandwidth, base.copy_stream)
+
+
+def _action_samples(records: Sequence[Sequence], skip: int) -> dict[tuple, list[float]]:
+    """Each kind of action's times (ms) in a recorded run, keyed ``(op, stage, slice)`` for a pass
+    or a copy and ``("post", boundary stage, slice)`` for a SEND/RECV: its span less its waits,
+    plus the host time since the rank's previous action ended (the executor's own time between
+    actions, and any time its thread lost the core there); a batch's span and gap are shared
+    equally by its posts."""
+    samples: dict[tuple, list[float]] = {}
+    for steps in records:
+        for step in list(steps)[skip:]:
+            batches: dict[tuple[float, float], list] = {}
+            for span in step.spans:
+                batches.setdefault((span.start, span.end), []).append(span)
+            prev_end = 0.0
+            for (start, end), spans in batches.items():
+                gap = max(0.0, start - prev_end)
+                prev_end = end
+                for span in spans:
+                    action = parse_action(span.action)
+                    if action.op.is_comm:
+                        key = ("post", message_stage(action), action.slice)
+                        took = (end - start + gap) / len(spans)
+                    else:
+                        key, took = (action.op, action.stage, action.slice), end - start - span.wait + gap
+                    samples.setdefault(key, []).append(took * 1e3)
+    return samples
+
+
+def _sample_key(action: Action) -> tuple:
+    return ("post", message_stage(action), action.slice) if action.op.is_comm else \
+        (action.op, action.stage, action.slice)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _DrawnCosts(Costs):
+    """``Costs`` in which the actions of ``times`` take those times (one draw of a noisy run)."""
+
+    times: dict = dataclasses.field(default_factory=dict)
+
+    def duration(self, action: Action) -> float:
+        took = self.times.get(action)
+        return Costs.duration(self, action) if took is None else took
+
+
+def sampled_makespans(schedule: Schedule, records: Sequence[Sequence], base: Costs, *, draws: int = 20,
+                      seed: int = 0, skip: int = 1) -> list[float]:
+    """``ir.simulate``'s makespan (ms) of ``schedule`` in ``draws`` draws, each action's time drawn
+    (independently, with replacement, ``random.Random(seed)``) from what a recorded run's actions
+    of its kind took (`_action_samples`: span less waits plus the host time before it). Where
+    `costs_from_run` gives each kind its mean, which a step on two coupled ranks does not take
+    (a late action on one rank makes the other wait, an early one rarely lets it start sooner),
+    the mean of these makespans carries the run's spread. Kinds the run did not record keep
+    ``base``'s time, as do bytes and ``comm``.
+
+    Args:
+        schedule: the lowered schedule the run executed (``prepare_schedule``'s result).
+        records: ``records[rank]`` is that rank's list of `StepRecord` s, recorded with spans.
+        skip: leading steps of each rank left out (warm-up).
+    """
+    _check_records(schedule, records, skip)
+    samples = _action_samples(records, skip)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(draws):
+        times = {a: rng.choice(samples[key]) for prog in schedule.ranks for a in prog
+                 if (key := _sample_key(a)) in samples}
+        out.append(simulate(schedule, _DrawnCosts(base.units, base.static, base.copy_bandwidth, base.copy_stream,
+                                                  times)).makespan)
+    return out

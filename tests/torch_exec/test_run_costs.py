@@ -1,6 +1,7 @@
-"""Costs measured from a real run (`costs_from_run`), the post time of a message (`p2p_costs`) and the
-wait time each span records. Hand-built records give the expected means exactly; real gloo runs
-check what only a run can show (waits inside their spans, the same measurement on both ranks)."""
+"""Costs measured from a real run (`costs_from_run`, `sampled_makespans`), the latency and post time of a
+message (`p2p_costs`, `one_way_latencies`) and the wait time each span records. Hand-built records and
+stamps give the expected values exactly; real gloo runs check what only a run can show (waits inside
+their spans, the same measurement on both ranks)."""
 
 import math
 
@@ -8,7 +9,7 @@ import pytest
 
 from backends.torch_exec.executor import SpanRecord, StepRecord, prepare_schedule
 from backends.torch_exec.model import tiny_gpt
-from backends.torch_exec.profile import costs_from_run, p2p_costs
+from backends.torch_exec.profile import _action_samples, costs_from_run, one_way_latencies, p2p_costs, sampled_makespans
 from backends.torch_exec.stages import boundary_shapes
 from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
 from ir import Costs, Op, UnitCost, lower, parse_action, simulate
@@ -104,4 +105,76 @@ def test_a_recorded_run_prices_every_pass_and_post_and_its_waits_fit_inside_thei
     got = group2.run(_ping, metas)
     assert got[0] == got[1]  # the lower rank's measurement, sent to the other
     comm, post = got[0]
-    assert 0 < comm < 1e3 and 0 < post < 1e3 and all(math.isfinite(x) for x in got[0])
+    # comm may be 0: on gloo a message can reach a waiting receiver before the sender's post returns
+    assert 0 <= comm < 1e3 and 0 < post < 1e3 and all(math.isfinite(x) for x in got[0])
+    drawn = sampled_makespans(lowered, [r.steps for r in results], costs, draws=5, seed=3)
+    assert len(drawn) == 5 and all(0 < x < 1e6 and math.isfinite(x) for x in drawn)
+    assert sampled_makespans(lowered, [r.steps for r in results], costs, draws=5, seed=3) == drawn
+
+
+def test_one_way_latencies_cancel_the_offset_between_the_two_clocks():
+    # the peer's clock reads 1000 s ahead; messages take 0.1 ms (pinger -> peer) and 0.3 ms back in
+    # round 0 (mean 0.2 ms), 0.2 ms both ways in round 1; round 0 is a warm-up in the second call
+    offset, mine, theirs = 1000.0, [], []
+    for t, there, back in ((10.0, 1e-4, 3e-4), (10.01, 2e-4, 2e-4)):
+        mine.append(t)  # our post ends
+        theirs.append(t + there + offset)  # it arrives, on the peer's clock
+        theirs.append(theirs[-1] + 0.002)  # the peer's post ends 2 ms later
+        mine.append(theirs[-1] - offset + back)  # it arrives here
+    assert one_way_latencies(mine, theirs) == pytest.approx([2e-4, 2e-4], abs=1e-9)
+    assert one_way_latencies(mine, theirs, warmup=1) == pytest.approx([2e-4], abs=1e-9)
+    with pytest.raises(ValueError, match="the same even count"):
+        one_way_latencies(mine, theirs[:-1])
+
+
+def _flat_run():
+    """Two identical steps of lower(one_f_one_b(2, 1)) with host time between actions (ms by hand):
+    rank 0: 0F0 0-2, a 0.5 gap, its batch of SEND_F0 + RECV_B0 2.5-3.0, a 1.0 gap, 0BW0 4.0-9.0 of which
+    2 waited; rank 1: 1RECV_F0 0-0.5, 1F0 0.5-4.5 of which 2.5 waited, 1BW0 4.5-7.5, a 0.2 gap, 1SEND_B0
+    7.7-8.0. So F0 2.0, BW0 5 - 2 + 1 = 4.0, F1 1.5, BW1 3.0, every post 0.5 (the batch's (0.5 + 0.5) / 2,
+    the receive 0.5, the send 0.3 + 0.2)."""
+    rank0 = [("0F0", 0, 0.002), ("0SEND_F0", 0.0025, 0.003), ("0RECV_B0", 0.0025, 0.003),
+             ("0BW0", 0.004, 0.009, 0.002)]
+    rank1 = [("1RECV_F0", 0, 0.0005), ("1F0", 0.0005, 0.0045, 0.0025), ("1BW0", 0.0045, 0.0075),
+             ("1SEND_B0", 0.0077, 0.008)]
+    return [[_step(rank0), _step(rank0)], [_step(rank1), _step(rank1)]]
+
+
+def test_action_samples_add_the_host_time_before_each_action():
+    samples = _action_samples(_flat_run(), skip=0)
+    expected = {(Op.F, 0, 0): 2.0, (Op.BW, 0, 0): 4.0, (Op.F, 1, 0): 1.5, (Op.BW, 1, 0): 3.0, ("post", 0, 0): 0.5}
+    assert samples.keys() == expected.keys()
+    for key, ms in expected.items():
+        assert samples[key] == pytest.approx([ms] * len(samples[key])), key
+    assert len(samples[("post", 0, 0)]) == 8  # 4 posts a step, 2 steps
+
+
+def test_sampled_makespans_without_spread_are_the_simulation_of_the_run_times():
+    schedule = lower(one_f_one_b(2, 1))
+    base = Costs((((UnitCost(f=9, b=9, w=9, comm=0.1)),), (UnitCost(f=9, b=9, w=9, comm=0.1),)))
+    # the hand-derived times of _flat_run, simulated directly
+    by_hand = Costs(((UnitCost(f=2.0, b=9, w=9, bw=4.0, comm=0.1, post=0.5),),
+                     (UnitCost(f=1.5, b=9, w=9, bw=3.0, comm=0.1),)))
+    drawn = sampled_makespans(schedule, _flat_run(), base, draws=4, skip=0)
+    assert drawn == pytest.approx([simulate(schedule, by_hand).makespan] * 4)
+
+
+def test_sampled_makespans_draw_each_action_from_its_kind():
+    schedule = lower(one_f_one_b(2, 1))
+    base = Costs((((UnitCost(f=9, b=9, w=9)),), (UnitCost(f=9, b=9, w=9),)))
+    run = _flat_run()
+    # step 1 of rank 0: F0 takes 4 ms instead of 2, the rest 2 ms later with the same gaps and lengths
+    run[0][1] = _step([("0F0", 0, 0.004), ("0SEND_F0", 0.0045, 0.005), ("0RECV_B0", 0.0045, 0.005),
+                       ("0BW0", 0.006, 0.011, 0.002)])
+    # F0 took 2 ms in step 0 and 4 ms in step 1; everything else as before
+    assert sorted(_action_samples(run, skip=0)[(Op.F, 0, 0)]) == pytest.approx([2.0, 4.0])
+    outcomes = {f: simulate(schedule, Costs(((UnitCost(f=f, b=9, w=9, bw=4.0, post=0.5),),
+                                             (UnitCost(f=1.5, b=9, w=9, bw=3.0),)))).makespan for f in (2.0, 4.0)}
+    drawn = sampled_makespans(schedule, run, base, draws=40, seed=0, skip=0)
+    assert {min(outcomes.values(), key=lambda m: abs(m - x)) for x in drawn} == set(outcomes.values())
+    assert all(min(abs(x - m) for m in outcomes.values()) < 1e-9 for x in drawn)
+    assert sampled_makespans(schedule, run, base, draws=40, seed=0, skip=0) == drawn  # the seed repeats it
+    with pytest.raises(ValueError, match="records of 1 ranks"):
+        sampled_makespans(schedule, run[:1], base)
+    with pytest.raises(ValueError, match="record_spans=True"):
+        sampled_makespans(schedule, [[_step([])], [_step([])]], base, skip=0)
