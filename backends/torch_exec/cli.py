@@ -4,7 +4,9 @@
 (gloo on CPU, or NCCL with ``--device cuda``), or, when torchrun started it, runs as torchrun's
 rank. It prints the loss and step time of every step and each rank's peak saved-activation
 bytes (and ``torch.cuda.max_memory_allocated`` on CUDA); ``--trace FILE`` writes a Chrome trace
-of the last step of the real run, laid out like ``synth show --trace``'s simulated one.
+of the last step of the real run, laid out like ``synth show --trace``'s simulated one;
+``--simulate`` prints ``ir.simulate``'s step for the schedule the ranks ran, on the run's own
+action times, next to the measured one.
 ``synth/cli/__init__.py`` only declares the subcommand; everything else is here. Torch is imported only
 when the command runs, so declaring it keeps ``synth show`` fast.
 """
@@ -24,6 +26,7 @@ from synth.costs.args import int_at_least
 __all__ = ["add_run_arguments", "run_command"]
 
 _GPT_OPTIONS = ("layers", "hidden", "heads", "seq_len", "vocab", "dropout")
+SIMULATE_DRAWS = 20  # --simulate: simulations drawing the run's action times
 
 
 # --check-grads: torch.allclose's rule, |got - expected| <= atol + rtol |expected|, at fp32 rounding of
@@ -109,6 +112,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"atol {CHECK_ATOL:g}")
     parser.add_argument("--trace", type=Path, help="write a Chrome trace of the last step's real run here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --trace file")
+    parser.add_argument("--simulate", action="store_true",
+                        help="after the run, print ir.simulate's step for the lowered schedule the ranks ran, on "
+                        "this run's own times (steps after the first): each kind of action at its mean time, and "
+                        f"the mean of {SIMULATE_DRAWS} simulations drawing each action's time from the run's "
+                        "(its spread: on coupled ranks a late action makes the other wait), next to the measured "
+                        "mean step")
 
 
 def _load(args: argparse.Namespace) -> tuple[Schedule, str]:
@@ -212,7 +221,8 @@ def run_command(args: argparse.Namespace) -> int:
             check_writable(args.trace, args.force)
         cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
                         timeout=args.timeout, keep_grads=args.check_grads,
-                        record_spans=args.trace is not None, device=args.device, slice_lengths=lengths)
+                        record_spans=args.trace is not None or args.simulate, device=args.device,
+                        slice_lengths=lengths)
         results = _run_torchrun(cfg) if under_torchrun else _run_local(cfg, nproc)
     except (ExecutorError, ScheduleError, ValueError, OSError) as err:
         print(f"synth run: {err}", file=sys.stderr)
@@ -228,6 +238,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         write_run_trace([r.steps[-1] for r in results], args.trace, overwrite=args.force, name=f"synth run {label}")
         print(f"wrote {args.trace} (last step of the real run; `synth show ... --trace` draws the simulated one)")
+    if args.simulate:
+        _simulate_report(cfg, results)
     if args.check_grads:
         return _check_grads(cfg, results)
     return 0
@@ -315,6 +327,32 @@ def _report(label: str, cfg: Any, results: list) -> None:
         if cfg.device == "cuda":
             line += f"  {_bytes(max(s.cuda_peak_bytes or 0 for s in r.steps)):>19}"
         print(line)
+
+
+def _simulate_report(cfg: Any, results: list) -> None:
+    """``ir.simulate`` of the lowered schedule the ranks ran, on the run's own times, against the
+    measured step (means over the steps after the first, or over the one step)."""
+    import statistics
+
+    from backends.torch_exec.executor import prepare_schedule
+    from backends.torch_exec.profile import costs_from_run, sampled_makespans
+    from ir import Costs, simulate
+
+    schedule = cfg.schedule
+    lowered = prepare_schedule(schedule, cfg.model, early_recvs=cfg.device != "cuda")  # as the ranks did
+    skip = 1 if cfg.steps > 1 else 0
+    records = [r.steps for r in results]
+    # what the run did not do stays 0; comm (latency after a post) is not measured by a run: 0
+    base = Costs.uniform(schedule.num_stages, schedule.k, f=0, b=0, w=0, act=0, copy_stream=cfg.device == "cuda")
+    measured = statistics.fmean(max(s.seconds for s in steps) for steps in list(zip(*records, strict=True))[skip:])
+    on_means = simulate(lowered, costs_from_run(lowered, records, base, skip=skip)).makespan
+    drawn = statistics.fmean(sampled_makespans(lowered, records, base, draws=SIMULATE_DRAWS, skip=skip))
+    over = f"step {skip}" if cfg.steps - skip == 1 else f"steps {skip}-{cfg.steps - 1}"
+    print(f"simulated on this run's times ({over}; comm latency 0): {on_means:.2f} ms at each action's mean time, "
+          f"{drawn:.2f} ms drawing each action's time from the run's ({SIMULATE_DRAWS} draws); measured "
+          f"{measured * 1e3:.2f} ms")
+    if cfg.device == "cuda":
+        print("(on CUDA a run with spans synchronizes after every action, so these times are of a serialized run)")
 
 
 def _bytes(n: float) -> str:

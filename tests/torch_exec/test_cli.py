@@ -1,6 +1,7 @@
 """``synth run``: a real two-rank run end to end, and bad input answered with a message, not a traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,17 @@ def test_synth_run_trains_prints_and_traces(tmp_path, capsys):
     events = json.loads(trace.read_text())["traceEvents"]
     ran = sorted(e["name"] for e in events if e.get("ph") in ("X", "i"))
     assert ran == sorted(str(a) for prog in lower(schedule).ranks for a in prog)  # every action, comms included
+
+
+def test_synth_run_simulate_prints_the_simulated_step_on_the_runs_own_times(capsys):
+    assert synth_main(["run", "--baseline", "1f1b", "-p", "2", "-m", "4", "--steps", "3", "--simulate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line.split() for line in lines[lines.index("step  loss       time ms") + 1:][:3]]
+    line = next(line for line in lines if line.startswith("simulated on this run's times (steps 1-2; "))
+    on_means, drawn, measured = (float(x) for x in re.findall(r"([0-9.]+) ms", line))
+    # the measured figure is the mean of the printed times of steps 1 and 2 (each rounded to 0.01 ms)
+    assert measured == pytest.approx((float(steps[1][2]) + float(steps[2][2])) / 2, abs=0.02)
+    assert 0 < on_means < 1e5 and 0 < drawn < 1e5
 
 
 def test_synth_run_refuses_bad_input_without_a_traceback(tmp_path, capsys):
