@@ -216,7 +216,9 @@ def run_command(args: argparse.Namespace) -> int:
         nproc = found[1] if under_torchrun else schedule.p if args.nproc is None else args.nproc
         batch = args.batch_size or 2 * schedule.m
         lengths = _slice_lengths(args.slice_lengths, schedule, spec)
-        prepare_schedule(schedule, spec, world_size=nproc, batch_size=batch, lengths=lengths)
+        # checked before any process starts; the ranks lower it the same way (early receives but on NCCL)
+        lowered = prepare_schedule(schedule, spec, world_size=nproc, batch_size=batch, lengths=lengths,
+                                   early_recvs=args.device != "cuda")
         if args.trace is not None:
             check_writable(args.trace, args.force)
         cfg = RunConfig(schedule, spec, batch, steps=args.steps, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
@@ -239,7 +241,7 @@ def run_command(args: argparse.Namespace) -> int:
         write_run_trace([r.steps[-1] for r in results], args.trace, overwrite=args.force, name=f"synth run {label}")
         print(f"wrote {args.trace} (last step of the real run; `synth show ... --trace` draws the simulated one)")
     if args.simulate:
-        _simulate_report(cfg, results)
+        _simulate_report(cfg, lowered, results)
     if args.check_grads:
         return _check_grads(cfg, results)
     return 0
@@ -329,17 +331,15 @@ def _report(label: str, cfg: Any, results: list) -> None:
         print(line)
 
 
-def _simulate_report(cfg: Any, results: list) -> None:
-    """``ir.simulate`` of the lowered schedule the ranks ran, on the run's own times, against the
-    measured step (means over the steps after the first, or over the one step)."""
+def _simulate_report(cfg: Any, lowered: Schedule, results: list) -> None:
+    """``ir.simulate`` of ``lowered`` (the schedule as the ranks ran it) on the run's own times,
+    against the measured step (means over the steps after the first, or over the one step)."""
     import statistics
 
-    from backends.torch_exec.executor import prepare_schedule
     from backends.torch_exec.profile import costs_from_run, sampled_makespans
     from ir import Costs, simulate
 
     schedule = cfg.schedule
-    lowered = prepare_schedule(schedule, cfg.model, early_recvs=cfg.device != "cuda")  # as the ranks did
     skip = 1 if cfg.steps > 1 else 0
     records = [r.steps for r in results]
     # what the run did not do stays 0; comm (latency after a post) is not measured by a run: 0

@@ -511,18 +511,16 @@ def _action_samples(records: Sequence[Sequence], skip: int) -> dict[tuple, list[
                 prev_end = end
                 for span in spans:
                     action = parse_action(span.action)
-                    if action.op.is_comm:
-                        key = ("post", message_stage(action), action.slice)
-                        took = (end - start + gap) / len(spans)
-                    else:
-                        key, took = (action.op, action.stage, action.slice), end - start - span.wait + gap
-                    samples.setdefault(key, []).append(took * 1e3)
+                    took = (end - start + gap) / len(spans) if action.op.is_comm else end - start - span.wait + gap
+                    samples.setdefault(_sample_key(action), []).append(took * 1e3)
     return samples
 
 
 def _sample_key(action: Action) -> tuple:
-    return ("post", message_stage(action), action.slice) if action.op.is_comm else \
-        (action.op, action.stage, action.slice)
+    """`_action_samples`' key of ``action``'s kind."""
+    if action.op.is_comm:
+        return "post", message_stage(action), action.slice
+    return action.op, action.stage, action.slice
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
