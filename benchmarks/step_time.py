@@ -14,12 +14,12 @@ the same SEND/RECV posts in the same places), with two sources of costs:
   between two spells of compute, which every SEND/RECV holds the rank's compute stream for). A run takes
   ``ROUNDS`` rounds of ping, profile and a few steps, so that profile and steps see the same
   machine (this VM's speed drifts by tens of percent within minutes); its costs pool the rounds'.
-- run-measured (``profile.costs_from_run``): the pass, post and copy times the timed steps
+- run-measured (``run_costs.costs_from_run``): the pass, post and copy times the timed steps
   themselves recorded (each pass's span less the time it waited for a message; each SEND/RECV's
   share of its batch's post), the bytes and ``comm`` as profiled. Simulating a run on its own
   pass times leaves out the profile's error and measures what the simulator's rules themselves
   miss: how the passes, posts and messages compose into a step.
-- run-sampled (``profile.sampled_makespans``): the mean makespan of ``DRAWS`` simulations, each
+- run-sampled (``run_costs.sampled_makespans``): the mean makespan of ``DRAWS`` simulations, each
   action's time drawn from what the run's actions of its kind took (span less waits, plus the host
   time before it): the run's means with its spread, which two coupled ranks pay (a late action on
   one makes the other wait) and a simulation on means does not.
@@ -48,7 +48,8 @@ import torch
 from backends.torch_exec.executor import prepare_schedule
 from backends.torch_exec.launch import WorkerGroup
 from backends.torch_exec.model import tiny_gpt
-from backends.torch_exec.profile import costs_from_run, p2p_costs, post_batches, profile_costs, sampled_makespans
+from backends.torch_exec.profile import p2p_costs, profile_costs
+from backends.torch_exec.run_costs import costs_from_run, post_batches, sampled_makespans
 from backends.torch_exec.stages import boundary_shapes
 from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
 from ir import Costs, Op, Schedule, Stream, Timeline, parse_action, simulate
@@ -269,7 +270,7 @@ def render(rows: list[dict], seconds: float, runs: int) -> str:
         "`post` per SEND/RECV as posted in the pipeline, the `in-run post` column), so that column's error is "
         f"the simulator's rules alone, with no profile error. Run-sampled: the mean of {DRAWS} simulations, each "
         "action's time drawn from the same run's times of its kind (span less waits plus the host time before it; "
-        "`profile.sampled_makespans`), the run's spread on top of its means. "
+        "`run_costs.sampled_makespans`), the run's spread on top of its means. "
         f"Target: within {TARGET:.0%} on profiled costs. "
         "`gap`: the last run's mean step minus its profiled simulation, split as passes + posts + copies + waits "
         "(passes' own time over profiled, posts over simulated posts, OFFLOAD/RELOAD over simulated copies, and "

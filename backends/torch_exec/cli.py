@@ -336,7 +336,7 @@ def _simulate_report(cfg: Any, lowered: Schedule, results: list) -> None:
     against the measured step (means over the steps after the first, or over the one step)."""
     import statistics
 
-    from backends.torch_exec.profile import costs_from_run, sampled_makespans
+    from backends.torch_exec.run_costs import costs_from_run, sampled_makespans
     from ir import Costs, simulate
 
     schedule = cfg.schedule

@@ -9,7 +9,8 @@ import pytest
 
 from backends.torch_exec.executor import SpanRecord, StepRecord, prepare_schedule
 from backends.torch_exec.model import tiny_gpt
-from backends.torch_exec.profile import _action_samples, costs_from_run, one_way_latencies, p2p_costs, sampled_makespans
+from backends.torch_exec.profile import one_way_latencies, p2p_costs
+from backends.torch_exec.run_costs import _action_samples, costs_from_run, sampled_makespans
 from backends.torch_exec.stages import boundary_shapes
 from backends.torch_exec.worker import RunConfig, first_microbatch, run_rank
 from ir import Costs, Op, UnitCost, lower, parse_action, simulate
